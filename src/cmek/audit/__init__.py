@@ -1,0 +1,1 @@
+"""The hash-chained audit trail of every key use and lifecycle event."""

@@ -1,0 +1,1 @@
+"""The provider's HTTP service: tenants, sessions, jobs and connectors."""

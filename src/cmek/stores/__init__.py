@@ -1,0 +1,1 @@
+"""One encrypted store per data category of a tenant, and its backups."""

@@ -1,0 +1,92 @@
+"""``kmslocal serve``: run the key service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from kmslocal import config as config_mod
+from kmslocal.config import DEV_PRINCIPALS, Config
+from kmslocal.server import create_app, open_service
+
+
+class _Server(uvicorn.Server):
+    """Announces the bound address once the server accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, announce: str) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self._announce, flush=True)
+
+
+def _dev_help(url: str, config: Config) -> str:
+    lines = [f"kmslocal dev mode; region {config.region}; principals:"]
+    for p in config.principals:
+        lines.append(f"  {p.principal_arn}")
+        if p in DEV_PRINCIPALS:
+            lines.append(
+                f"    AWS_ACCESS_KEY_ID={p.access_key_id} "
+                f"AWS_SECRET_ACCESS_KEY={p.secret_access_key}"
+            )
+    lines += [
+        "point boto3 at it:",
+        f'  boto3.client("kms", endpoint_url="{url}", region_name="{config.region}",',
+        '               aws_access_key_id=..., aws_secret_access_key=...)',
+        "dev controls: GET/POST /_kmslocal/clock, POST/DELETE /_kmslocal/faults",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kmslocal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the key service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4599, help="0 picks a free port")
+    serve.add_argument("--data-dir", type=Path,
+                       default=Path(os.environ.get("KMSLOCAL_DATA_DIR", ".kmslocal")))
+    serve.add_argument("--config", type=Path, default=None)
+    serve.add_argument("--dev", action="store_true",
+                       help="enable the clock and fault controls under /_kmslocal/")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_mod.load(args.config)
+        service = open_service(args.data_dir, config, args.dev)
+    except (config_mod.ConfigError, ValueError, OSError) as e:
+        print(f"kmslocal: {e}", file=sys.stderr)
+        return 2
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"kmslocal: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    announce = f"kmslocal listening on {url}"
+    if args.dev:
+        announce = _dev_help(url, config) + "\n" + announce
+    app = create_app(service, args.dev)
+    server = _Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
+                       lifespan="on"),
+        announce,
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

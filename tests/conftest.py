@@ -1,0 +1,150 @@
+"""Fixtures: a kmslocal process per test session, and the conformance target.
+
+The conformance suite drives KMS only through boto3 over HTTP. Each test runs against
+kmslocal and, when credentials for two real AWS accounts are configured, against AWS:
+  CMEK_CONFORMANCE_AWS_REGION        e.g. us-west-2
+  CMEK_CONFORMANCE_PROVIDER_PROFILE  AWS profile of the provider account
+  CMEK_CONFORMANCE_CUSTOMER_PROFILE  AWS profile of the customer (key owner) account
+Without them the AWS runs are skipped, saying so. Tests that need kmslocal's dev
+controls (clock, faults, restart, event targets) skip on AWS with their reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+
+from tests.kmslocal_harness import (
+    CUSTOMER,
+    CUSTOMER_OTHER,
+    PROVIDER,
+    PROVIDER_OTHER,
+    THIRD,
+    EventSink,
+    KmsLocal,
+    write_config,
+)
+
+REFERENCE_POLICY = Path(__file__).resolve().parents[2] / "shared/reference/provider-key-policy.json"
+AWS_VARS = (
+    "CMEK_CONFORMANCE_AWS_REGION", "CMEK_CONFORMANCE_PROVIDER_PROFILE",
+    "CMEK_CONFORMANCE_CUSTOMER_PROFILE",
+)
+
+
+@pytest.fixture(scope="session")
+def event_sink() -> Iterator[EventSink]:
+    sink = EventSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="session")
+def kmslocal(tmp_path_factory: pytest.TempPathFactory, event_sink: EventSink) -> Iterator[KmsLocal]:
+    base = tmp_path_factory.mktemp("kmslocal")
+    server = KmsLocal(base / "data", write_config(base / "kmslocal.toml", event_sink.url))
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Target:
+    """One KMS the conformance suite runs against, seen from two accounts."""
+
+    name: str
+    region: str
+    provider: Any
+    customer: Any
+    provider_account: str
+    customer_account: str
+    customer_trail: Any
+    provider_trail: Any
+    local: KmsLocal | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    _cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def require_local(self, why: str) -> KmsLocal:
+        if self.local is None:
+            pytest.skip(f"needs kmslocal's dev controls: {why}")
+        return self.local
+
+    def client_for(self, principal: tuple[str, str, str], service: str = "kms") -> Any:
+        return self.require_local("extra principals").client(principal, service)
+
+    def provider_root(self) -> str:
+        return f"arn:aws:iam::{self.provider_account}:root"
+
+    def customer_root(self) -> str:
+        return f"arn:aws:iam::{self.customer_account}:root"
+
+    def owner_statement(self) -> dict[str, Any]:
+        return {
+            "Sid": "Enable IAM User Permissions", "Effect": "Allow",
+            "Principal": {"AWS": self.customer_root()}, "Action": "kms:*", "Resource": "*",
+        }
+
+    def provider_policy(self, *extra: dict[str, Any], owner: bool = True) -> str:
+        reference = json.loads(
+            REFERENCE_POLICY.read_text().replace("<ACCOUNT_ID>", self.provider_account)
+        )
+        statements = ([self.owner_statement()] if owner else []) + reference["Statement"]
+        return json.dumps({**reference, "Statement": [*statements, *extra]})
+
+    def create_key(self, policy: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        if policy is not None:
+            kwargs["Policy"] = policy
+        meta: dict[str, Any] = self.customer.create_key(**kwargs)["KeyMetadata"]
+        if self.local is None:  # real keys cost money: schedule them away at the end
+            self._cleanup.append(lambda: self.customer.schedule_key_deletion(
+                KeyId=meta["KeyId"], PendingWindowInDays=7))
+        return meta
+
+    def close(self) -> None:
+        for undo in self._cleanup:
+            with contextlib.suppress(Exception):  # best effort on a shared real account
+                undo()
+
+
+def _aws_target() -> Target:
+    missing = [v for v in AWS_VARS if not os.environ.get(v)]
+    if missing:
+        pytest.skip(f"real AWS KMS run not configured (set {', '.join(missing)})")
+    region = os.environ["CMEK_CONFORMANCE_AWS_REGION"]
+    cfg = BotoConfig(retries={"max_attempts": 3, "mode": "standard"})
+    prov = boto3.Session(profile_name=os.environ["CMEK_CONFORMANCE_PROVIDER_PROFILE"],
+                         region_name=region)
+    cust = boto3.Session(profile_name=os.environ["CMEK_CONFORMANCE_CUSTOMER_PROFILE"],
+                         region_name=region)
+    return Target(
+        "aws", region, prov.client("kms", config=cfg), cust.client("kms", config=cfg),
+        prov.client("sts").get_caller_identity()["Account"],
+        cust.client("sts").get_caller_identity()["Account"],
+        cust.client("cloudtrail"), prov.client("cloudtrail"), None,
+    )
+
+
+@pytest.fixture(params=["kmslocal", "aws"])
+def kms(request: pytest.FixtureRequest) -> Iterator[Target]:
+    if request.param == "aws":
+        target = _aws_target()
+    else:
+        local: KmsLocal = request.getfixturevalue("kmslocal")
+        target = Target(
+            "kmslocal", "us-west-2", local.client(PROVIDER), local.client(CUSTOMER),
+            "111111111111", "222222222222", local.client(CUSTOMER, "cloudtrail"),
+            local.client(PROVIDER, "cloudtrail"), local,
+            extra={"provider_other": PROVIDER_OTHER, "customer_other": CUSTOMER_OTHER,
+                   "third": THIRD},
+        )
+    yield target
+    target.close()

@@ -1,0 +1,161 @@
+"""Start and stop a real kmslocal process for tests, on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+REGION = "us-west-2"
+PROVIDER = ("arn:aws:iam::111111111111:role/cmek-platform", "AKIAKMSLOCALPROVIDER",
+            "kmslocal-dev-provider-secret")
+CUSTOMER = ("arn:aws:iam::222222222222:user/key-admin", "AKIAKMSLOCALCUSTOMER",
+            "kmslocal-dev-customer-secret")
+PROVIDER_OTHER = ("arn:aws:iam::111111111111:role/other-service", "AKIAKMSLOCALPROVOTHER",
+                  "kmslocal-test-provider-other-secret")
+CUSTOMER_OTHER = ("arn:aws:iam::222222222222:user/analyst", "AKIAKMSLOCALCUSTOTHER",
+                  "kmslocal-test-customer-other-secret")
+THIRD = ("arn:aws:iam::333333333333:role/stranger", "AKIAKMSLOCALTHIRD",
+         "kmslocal-test-third-secret")
+ALL_PRINCIPALS = (PROVIDER, CUSTOMER, PROVIDER_OTHER, CUSTOMER_OTHER, THIRD)
+EVENT_SECRET = "test-event-secret-7f3a"
+
+
+class EventSink:
+    """An HTTP receiver standing in for the platform's /v1/key-events endpoint."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[tuple[dict[str, str], dict[str, Any]]] = queue.Queue()
+        self.fail_next = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if sink.fail_next > 0:
+                    sink.fail_next -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                sink.events.put((dict(self.headers), json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/key-events"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(
+        self, predicate: Any, timeout: float = 10.0
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        """Wait for a matching delivery: waiting on an event, not on time passing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no matching event was delivered")
+            try:
+                headers, event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if predicate(event):
+                return headers, event
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class KmsLocal:
+    data_dir: Path
+    config_path: Path | None
+    dev: bool = True
+    url: str = ""
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
+               str(self.data_dir)]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        if self.dev:
+            cmd.append("--dev")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith("kmslocal listening on "):
+                self.url = line.split()[-1]
+                break
+        else:
+            raise RuntimeError("kmslocal did not start:\n" + "".join(self.output))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self, principal: tuple[str, str, str], service: str = "kms", **cfg: Any) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.url, region_name=REGION,
+            aws_access_key_id=principal[1], aws_secret_access_key=principal[2],
+            config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, **cfg),
+        )
+
+    def dev_call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def advance(self, seconds: float) -> str:
+        return str(self.dev_call("POST", "/_kmslocal/clock", {"advance_seconds": seconds})["now"])
+
+
+def write_config(path: Path, event_url: str | None) -> Path:
+    lines = [f'region = "{REGION}"', ""]
+    for arn, akid, secret in ALL_PRINCIPALS:
+        lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
+                  f'secret_access_key = "{secret}"', ""]
+    if event_url:
+        lines += ["[[event_targets]]", 'account = "222222222222"', f'url = "{event_url}"',
+                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]
+    path.write_text("\n".join(lines))
+    return path
