@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -94,8 +95,7 @@ def sign(
         signed_at = dt.datetime.strptime(received["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
         signed_at = signed_at.replace(tzinfo=dt.UTC)
     else:
-        signed_at = dt.datetime.strptime(received["Date"], "%a, %d %b %Y %H:%M:%S GMT")
-        signed_at = signed_at.replace(tzinfo=dt.UTC)
+        signed_at = parsedate_to_datetime(received["Date"]).replace(tzinfo=dt.UTC)
     raw = prepared.body
     raw_body = raw if isinstance(raw, bytes) else (raw or "").encode()
     return Signed(method, parts.path, parts.query, received, raw_body, signed_at)

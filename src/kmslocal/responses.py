@@ -67,7 +67,8 @@ class Protocol:
         else:
             raise KMSError("UnknownOperationException", "")
         verified = sigv4.verify(
-            method=request.method, path=request.url.path, query=request.url.query,
+            method=request.method, path=request.scope["raw_path"].decode("latin-1"),
+            query=request.url.query,
             headers=request.headers, body=body, lookup=self.backend.config.credential,
             now=self.backend.clock.real_now(), region=self.backend.region, services={service},
         )

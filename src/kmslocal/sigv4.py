@@ -139,9 +139,8 @@ def _request_time(headers: Mapping[str, str]) -> tuple[str, str, dt.datetime]:
             when = dt.datetime.strptime(raw, _AMZ_FORMAT).replace(tzinfo=dt.UTC)
         elif header == "date":
             when = parsedate_to_datetime(raw)
-            if when.tzinfo is None:
-                raise ValueError(raw)
-            when = when.astimezone(dt.UTC)
+            # botocore writes "-0000", which the parser returns as naive: it means UTC.
+            when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
         else:
             raise ValueError(raw)
     except (ValueError, TypeError):
