@@ -148,3 +148,28 @@ def kms(request: pytest.FixtureRequest) -> Iterator[Target]:
         )
     yield target
     target.close()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """Admin URL of a PostgreSQL server for tests (see tests/pg.py)."""
+    from tests.pg import throwaway_cluster
+
+    url = os.environ.get("CMEK_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    with throwaway_cluster() as started:
+        if started is None:
+            pytest.skip("no PostgreSQL: set CMEK_TEST_POSTGRES_URL or install PostgreSQL")
+        yield started
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database, dropped afterwards."""
+    from tests.pg import create_database, drop_database
+
+    url = create_database(pg_admin_url)
+    yield url
+    drop_database(pg_admin_url, url)

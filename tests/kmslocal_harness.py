@@ -136,7 +136,7 @@ class KmsLocal:
         return boto3.client(
             service, endpoint_url=self.url, region_name=REGION,
             aws_access_key_id=principal[1], aws_secret_access_key=principal[2],
-            config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}, **cfg),
+            config=BotoConfig(retries={"total_max_attempts": 1, "mode": "standard"}, **cfg),
         )
 
     def dev_call(self, method: str, path: str, body: Any = None) -> Any:

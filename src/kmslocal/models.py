@@ -62,6 +62,17 @@ GRANT_OPERATIONS = (
     "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
     "DeriveSharedSecret",
 )
+_SYMMETRIC_GRANT_OPS = frozenset({
+    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
+    "ReEncryptTo", "CreateGrant", "RetireGrant", "DescribeKey", "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+})
+# Constraints may sit on grants with these; they constrain only the cryptographic ones.
+_CONSTRAINABLE_GRANT_OPS = frozenset({
+    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
+    "ReEncryptTo", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "DescribeKey",
+    "RetireGrant",
+})
 _CRYPTO_GRANT_OPS = {
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
     "ReEncryptTo", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
@@ -216,6 +227,9 @@ class Backend:
         else:
             raise not_found(f"Invalid keyId '{ref}'")
         if account != call.caller.account and not cross_account:
+            foreign = self.storage.get_key(key_id, account) if alias is None else None
+            if foreign is not None:
+                call.keys.append(foreign)  # the owner sees the attempt in its usage log
             raise not_found(f"Key '{ref}' does not exist")
         if alias is not None:
             found = self.storage.get_alias(account, alias)
@@ -286,13 +300,15 @@ class Backend:
         )
         if not grantee_ok or op not in grant.operations:
             return False
-        constraints = grant.constraints or {}
-        ctx = dict(context or {})
-        equals = constraints.get("EncryptionContextEquals")
-        if equals is not None and ctx != equals:
+        if op not in _CRYPTO_GRANT_OPS or not grant.constraints:
+            return True
+        # Context keys compare without case, values with it, as AWS does for constraints.
+        ctx = {k.lower(): v for k, v in (context or {}).items()}
+        equals = grant.constraints.get("EncryptionContextEquals")
+        if equals is not None and ctx != {k.lower(): v for k, v in equals.items()}:
             return False
-        subset = constraints.get("EncryptionContextSubset")
-        return subset is None or all(ctx.get(k) == v for k, v in subset.items())
+        subset = grant.constraints.get("EncryptionContextSubset")
+        return subset is None or all(ctx.get(k.lower()) == v for k, v in subset.items())
 
     @staticmethod
     def _require_enabled(key: KeyRow) -> None:
@@ -867,6 +883,9 @@ class Backend:
                 raise validation(f"Invalid principal {principal}")
         if not operations or any(op not in GRANT_OPERATIONS for op in operations):
             raise validation(f"Operations must be a non-empty subset of {list(GRANT_OPERATIONS)}")
+        if key.key_spec == SYMMETRIC and not set(operations) <= _SYMMETRIC_GRANT_OPS:
+            unsupported = sorted(set(operations) - _SYMMETRIC_GRANT_OPS)
+            raise validation(f"Operations {unsupported} are not supported by {key.arn}")
         normalized = self._grant_constraints(constraints, operations)
         self._authorize(
             call, key, "CreateGrant", grant_op="CreateGrant",
@@ -902,9 +921,11 @@ class Backend:
             ):
                 raise validation(f"{name} must be a map of strings")
             out[name] = dict(value)
-        if not set(operations) <= _CRYPTO_GRANT_OPS:
+        ops = set(operations)
+        if not ops <= _CONSTRAINABLE_GRANT_OPS or not ops & _CRYPTO_GRANT_OPS:
             raise validation(
-                "Grant constraints apply only to cryptographic operations with a symmetric key"
+                "Grant constraints apply only to grants for cryptographic operations with a "
+                "symmetric key"
             )
         return out
 

@@ -1,1 +1,15 @@
 """The tenant key hierarchy: data keys per tenant, category and epoch, and their cache."""
+
+from cmek.keyring.categories import Category
+from cmek.keyring.keyring import (
+    Keyring,
+    RewrapInProgress,
+    RewrapReport,
+    encryption_context,
+    validate_tenant_id,
+)
+
+__all__ = [
+    "Category", "Keyring", "RewrapInProgress", "RewrapReport", "encryption_context",
+    "validate_tenant_id",
+]

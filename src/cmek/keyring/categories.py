@@ -1,0 +1,26 @@
+"""The data categories of a tenant; each has its own data keys, so each shows up
+separately in the customer's usage log and can be purged or re-keyed on its own."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from cmek.errors import UnknownCategory
+
+
+class Category(StrEnum):
+    WAREHOUSE_DATA = "warehouse_data"  # cached query results and extracts
+    WAREHOUSE_CREDENTIALS = "warehouse_credentials"  # connection configuration and secrets
+    METADATA = "metadata"  # tables, models, liveboards, answers
+    SEARCH_INDEX = "search_index"
+    AUTH = "auth"  # local users, password hashes, SAML/OIDC settings
+    BACKUPS = "backups"
+    LOGS = "logs"  # the tenant's activity log
+
+    @classmethod
+    def parse(cls, value: str) -> Category:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(c.value for c in cls)
+            raise UnknownCategory(f"unknown data category {value[:64]!r} (one of: {names})") from None

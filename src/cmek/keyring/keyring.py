@@ -1,0 +1,454 @@
+"""The tenant key hierarchy: a data key per (tenant, category, epoch), wrapped by the
+tenant's customer-managed key, unwrapped only into a bounded in-memory cache.
+
+KMS is called once per tenant, category and epoch, and once per cache lifetime, never
+per record. ``purge(tenant)`` wipes every cached key of a tenant at once; with the
+cache empty and the CMEK revoked, nothing of the tenant can be opened.
+
+Cache lifetime (``ttl``): a cached key is used until ``ttl`` after it was last
+unwrapped. In the last ``refresh_ahead`` seconds of that, the first caller re-unwraps
+it (one caller, the others keep using the cached key: no stampede); once expired,
+callers wait for a single unwrap. A refresh is also the moment a revoked key is
+noticed on the cached path, so ``ttl`` bounds how long revocation can go unseen
+without the lifecycle engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, TypeVar
+
+import sqlalchemy as sa
+
+from cmek.audit import AuditTrail
+from cmek.clock import Clock
+from cmek.crypto import (
+    MAX_SEALS_PER_KEY,
+    Binding,
+    DataKey,
+    envelope_epoch,
+    open_record,
+    open_stream,
+    seal,
+    seal_stream,
+    stream_epoch,
+)
+from cmek.crypto.stream import STREAM_HEADER_LEN
+from cmek.errors import CmekError, DecryptionError, InvalidInput, TenantExists, UnknownTenant
+from cmek.keyring.categories import Category
+from cmek.keyring.table import DataKeyRow, data_keys, metadata, row_to_key, tenants
+from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError
+
+T = TypeVar("T")
+
+_TENANT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def validate_tenant_id(tenant: str) -> str:
+    if not 1 <= len(tenant) <= 64 or not set(tenant) <= _TENANT_ID_CHARS or tenant[0] in "-_":
+        raise InvalidInput(
+            "tenant id must be 1-64 characters of a-z, 0-9, '-' and '_', starting with a "
+            "letter or digit"
+        )
+    return tenant
+
+
+def encryption_context(tenant: str, category: str, epoch: int) -> dict[str, str]:
+    """What every KMS call says about itself in the customer's usage log."""
+    return {"cmek:tenant": tenant, "cmek:category": category, "cmek:epoch": str(epoch)}
+
+
+class RewrapInProgress(CmekError):
+    code = "rewrap_in_progress"
+
+
+@dataclass
+class _Cached:
+    key: DataKey
+    key_arn: str
+    expires_at: float
+    seals_left: int = 0
+    refreshing: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class RewrapReport:
+    tenant: str
+    key_arn: str
+    rewrapped: int
+    total: int
+    resumed: bool
+
+
+class Keyring:
+    def __init__(
+        self, kms: Kms, engine: sa.Engine, clock: Clock, audit: AuditTrail, *,
+        ttl: float = 300.0, refresh_ahead: float = 30.0,
+        seal_budget: int = MAX_SEALS_PER_KEY, reserve_chunk: int = 1 << 20,
+        on_revoked: Callable[[str, KeyRevoked], None] | None = None,
+    ) -> None:
+        if ttl <= 0 or not 0 <= refresh_ahead < ttl:
+            raise ValueError("need ttl > 0 and 0 <= refresh_ahead < ttl")
+        if not 1 <= seal_budget <= MAX_SEALS_PER_KEY or reserve_chunk < 1:
+            raise ValueError("seal_budget must be 1..MAX_SEALS_PER_KEY, reserve_chunk >= 1")
+        self.kms = kms
+        self.engine = engine
+        self.clock = clock
+        self.audit = audit
+        self.ttl = ttl
+        self.refresh_ahead = refresh_ahead
+        self.seal_budget = seal_budget
+        self.reserve_chunk = min(reserve_chunk, seal_budget)
+        self.on_revoked = on_revoked
+        self._cache: dict[tuple[str, str, int], _Cached] = {}
+        self._current: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._load_locks: dict[tuple[str, str, int], threading.Lock] = {}
+        self._tenant_arns: dict[str, str] = {}
+        self.kms_calls: Counter[tuple[str, str, str, int]] = Counter()  # (op, tenant, cat, epoch)
+        metadata.create_all(engine)
+
+    # --- tenants --------------------------------------------------------------------
+    def register_tenant(self, tenant: str, key_arn: str) -> None:
+        validate_tenant_id(tenant)
+        KeyArn.parse(key_arn)
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(tenants.c.tenant_id).where(tenants.c.tenant_id == tenant)
+            ).first()
+            if exists is not None:
+                raise TenantExists(f"tenant {tenant} already exists")
+            conn.execute(tenants.insert().values(
+                tenant_id=tenant, key_arn=key_arn, created_at=self.clock.now(),
+                rewrap_generation=0,
+            ))
+        self.audit.append(tenant, "tenant_registered", {"key_arn": key_arn})
+
+    def key_arn(self, tenant: str) -> str:
+        arn = self._tenant_arns.get(tenant)
+        if arn is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(tenants.c.key_arn).where(tenants.c.tenant_id == tenant)
+                ).first()
+            if row is None:
+                raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
+            arn = self._tenant_arns[tenant] = str(row[0])
+        return arn
+
+    def tenants(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(
+                sa.select(tenants.c.tenant_id).order_by(tenants.c.tenant_id))]
+
+    # --- records and streams ----------------------------------------------------------
+    def seal(self, tenant: str, category: str, object_id: str, plaintext: bytes) -> bytes:
+        cat = Category.parse(category)
+        key = self._key_for_seal(tenant, cat)
+        return seal(key, Binding(tenant, cat.value, object_id), plaintext)
+
+    def open(self, tenant: str, category: str, object_id: str, envelope: bytes) -> bytes:
+        cat = Category.parse(category)
+        binding = Binding(tenant, cat.value, object_id)
+        key = self._key_for_open(tenant, cat, envelope_epoch(envelope))
+        return open_record(key, binding, envelope)
+
+    def seal_stream(
+        self, tenant: str, category: str, object_id: str, src: IO[bytes], dst: IO[bytes],
+        chunk_size: int | None = None,
+    ) -> int:
+        cat = Category.parse(category)
+        key = self._key_for_seal(tenant, cat)
+        binding = Binding(tenant, cat.value, object_id)
+        if chunk_size is None:
+            return seal_stream(key, binding, src, dst)
+        return seal_stream(key, binding, src, dst, chunk_size)
+
+    def open_stream(
+        self, tenant: str, category: str, object_id: str, src: IO[bytes], dst: IO[bytes]
+    ) -> int:
+        """Writes authenticated chunks to ``dst``; on error the caller discards ``dst``."""
+        cat = Category.parse(category)
+        header = src.read(STREAM_HEADER_LEN)
+        key = self._key_for_open(tenant, cat, stream_epoch(header))
+        return open_stream(key, Binding(tenant, cat.value, object_id), _Prefixed(header, src),
+                           dst)
+
+    # --- cache management -------------------------------------------------------------
+    def purge(self, tenant: str, reason: str = "requested") -> int:
+        """Drop and wipe every cached data key of the tenant; returns how many."""
+        with self._lock:
+            doomed = [k for k in self._cache if k[0] == tenant]
+            entries = [self._cache.pop(k) for k in doomed]
+            for k in [k for k in self._current if k[0] == tenant]:
+                del self._current[k]
+            self._tenant_arns.pop(tenant, None)
+        for entry in entries:
+            entry.key.wipe()
+        self.audit.append(tenant, "keys_purged", {
+            "count": len(entries), "reason": reason,
+            "epochs": sorted(f"{c}:{e}" for _, c, e in doomed),
+        })
+        return len(entries)
+
+    def cached(self, tenant: str) -> list[tuple[str, int]]:
+        with self._lock:
+            return sorted((c, e) for t, c, e in self._cache if t == tenant)
+
+    def rotate_epoch(self, tenant: str, category: str) -> int:
+        """Start a new data key for future seals; older epochs stay readable."""
+        cat = Category.parse(category)
+        with self._lock:
+            self._current.pop((tenant, cat.value), None)
+        return self._new_epoch(tenant, cat)
+
+    # --- rewrap -----------------------------------------------------------------------
+    def rewrap(
+        self, tenant: str, new_key_arn: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RewrapReport:
+        """Re-wrap every stored data key of the tenant under ``new_key_arn`` (or the
+        same key after a rotation) with ReEncrypt. The data is untouched. Resumable:
+        an interrupted rewrap continues where it stopped when called again."""
+        current = self.key_arn(tenant)
+        if new_key_arn is not None:
+            KeyArn.parse(new_key_arn)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(tenants.c.rewrap_to, tenants.c.rewrap_generation)
+                .where(tenants.c.tenant_id == tenant).with_for_update()
+            ).one()
+            target, generation = row[0], int(row[1])
+            resumed = target is not None
+            if target is None:
+                target, generation = new_key_arn or current, generation + 1
+                conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
+                             .values(rewrap_to=target, rewrap_generation=generation))
+            elif new_key_arn is not None and new_key_arn != target:
+                raise RewrapInProgress(
+                    f"a rewrap of {tenant} to {target} is in progress; finish it first"
+                )
+            pending = [row_to_key(r) for r in conn.execute(
+                sa.select(data_keys).where(data_keys.c.tenant_id == tenant,
+                                           data_keys.c.wrap_generation < generation)
+                .order_by(data_keys.c.category, data_keys.c.epoch))]
+            total = conn.execute(sa.select(sa.func.count()).select_from(data_keys)
+                                 .where(data_keys.c.tenant_id == tenant)).scalar_one()
+        self.audit.append(tenant, "rewrap_started" if not resumed else "rewrap_resumed",
+                          {"key_arn": target, "pending": len(pending), "total": total})
+        done = total - len(pending)
+        for dk in pending:
+            out = self._kms("ReEncrypt", tenant, dk.category, dk.epoch, dk.key_arn,
+                            functools.partial(self._re_encrypt, tenant, dk, target))
+            with self.engine.begin() as conn:
+                conn.execute(data_keys.update().where(
+                    data_keys.c.tenant_id == tenant, data_keys.c.category == dk.category,
+                    data_keys.c.epoch == dk.epoch,
+                ).values(wrapped=out.blob, key_arn=target, wrap_generation=generation))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        with self.engine.begin() as conn:
+            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
+                         .values(key_arn=target, rewrap_to=None))
+        with self._lock:
+            self._tenant_arns[tenant] = target
+            for k, entry in self._cache.items():
+                if k[0] == tenant:
+                    entry.key_arn = target
+        self.audit.append(tenant, "rewrap_finished",
+                          {"key_arn": target, "rewrapped": len(pending), "total": total})
+        return RewrapReport(tenant, target, len(pending), total, resumed)
+
+    # --- internals --------------------------------------------------------------------
+    def _kms(
+        self, operation: str, tenant: str, category: str, epoch: int, key_arn: str,
+        call: Callable[[], T],
+    ) -> T:
+        """Every KMS call goes through here: counted, audited, revocations reported."""
+        self.kms_calls[(operation, tenant, category, epoch)] += 1
+        context = encryption_context(tenant, category, epoch)
+        try:
+            result = call()
+        except KmsError as err:
+            self.audit.append(tenant, "kms_call", {
+                "operation": operation, "key_arn": key_arn, "context": context,
+                "outcome": "error", "error_code": err.code, "kms_code": err.kms_code,
+                "request_id": err.request_id,
+            })
+            if isinstance(err, KeyRevoked):
+                self.purge(tenant, reason=f"key_revoked:{err.reason.value}")
+                if self.on_revoked is not None:
+                    self.on_revoked(tenant, err)
+            raise
+        self.audit.append(tenant, "kms_call", {
+            "operation": operation, "key_arn": key_arn, "context": context, "outcome": "ok",
+            "request_id": getattr(result, "request_id", None),
+        })
+        return result
+
+    def _re_encrypt(self, tenant: str, dk: DataKeyRow, target: str) -> Ciphertext:
+        context = encryption_context(tenant, dk.category, dk.epoch)
+        return self.kms.re_encrypt(dk.key_arn, dk.wrapped, context, target, context)
+
+    def _load_lock(self, slot: tuple[str, str, int]) -> threading.Lock:
+        with self._lock:
+            lock = self._load_locks.get(slot)
+            if lock is None:
+                lock = self._load_locks[slot] = threading.Lock()
+            return lock
+
+    def _key_for_seal(self, tenant: str, cat: Category) -> DataKey:
+        while True:
+            epoch = self._current.get((tenant, cat.value))
+            if epoch is None:
+                epoch = self._current_epoch(tenant, cat)
+            entry = self._entry(tenant, cat, epoch)
+            with entry.lock:
+                if entry.seals_left > 0:
+                    entry.seals_left -= 1
+                    return entry.key
+            if self._reserve(tenant, cat, epoch, entry):
+                continue
+            self.rotate_epoch(tenant, cat.value)  # budget spent: a fresh data key
+
+    def _key_for_open(self, tenant: str, cat: Category, epoch: int) -> DataKey:
+        return self._entry(tenant, cat, epoch).key
+
+    def _entry(self, tenant: str, cat: Category, epoch: int) -> _Cached:
+        slot = (tenant, cat.value, epoch)
+        now = self.clock.now()
+        entry = self._cache.get(slot)
+        if entry is not None:
+            if now < entry.expires_at - self.refresh_ahead:
+                return entry
+            if now < entry.expires_at:
+                with entry.lock:
+                    mine = not entry.refreshing
+                    entry.refreshing = True
+                if mine:
+                    try:
+                        return self._unwrap(slot, tolerate_outage=True) or entry
+                    finally:
+                        entry.refreshing = False
+                return entry
+        with self._load_lock(slot):
+            entry = self._cache.get(slot)
+            if entry is not None and self.clock.now() < entry.expires_at:
+                return entry
+            loaded = self._unwrap(slot, tolerate_outage=False)
+            assert loaded is not None
+            return loaded
+
+    def _unwrap(self, slot: tuple[str, str, int], *, tolerate_outage: bool) -> _Cached | None:
+        tenant, category, epoch = slot
+        row = self._row(tenant, category, epoch)
+        try:
+            out = self._kms("Decrypt", tenant, category, epoch, row.key_arn,
+                            lambda: self.kms.decrypt(row.key_arn, row.wrapped,
+                                                     encryption_context(tenant, category, epoch)))
+        except KmsError as err:
+            if tolerate_outage and not isinstance(err, KeyRevoked):
+                return None  # keep the cached key until it expires
+            raise
+        return self._install(slot, row.key_arn, out.plaintext)
+
+    def _install(self, slot: tuple[str, str, int], key_arn: str, plaintext: bytearray) -> _Cached:
+        entry = _Cached(DataKey(slot[2], plaintext), key_arn, self.clock.now() + self.ttl)
+        with self._lock:
+            old = self._cache.get(slot)
+            if old is not None:  # a refresh: the old key object may still be in a caller's
+                entry.seals_left = old.seals_left  # hands, so it is dropped, not wiped
+            self._cache[slot] = entry
+        return entry
+
+    def _row(self, tenant: str, category: str, epoch: int) -> DataKeyRow:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(data_keys).where(
+                data_keys.c.tenant_id == tenant, data_keys.c.category == category,
+                data_keys.c.epoch == epoch)).first()
+        if row is None:
+            self.key_arn(tenant)  # unknown tenant -> UnknownTenant
+            raise DecryptionError  # an epoch this tenant never had: opaque, like any forgery
+        return row_to_key(row)
+
+    def _current_epoch(self, tenant: str, cat: Category) -> int:
+        with self.engine.connect() as conn:
+            epoch = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value)).scalar()
+        if epoch is None:
+            return self._new_epoch(tenant, cat)
+        with self._lock:
+            self._current[(tenant, cat.value)] = int(epoch)
+        return int(epoch)
+
+    def _new_epoch(self, tenant: str, cat: Category) -> int:
+        """GenerateDataKey for the next epoch and store its wrapped form."""
+        key_arn = self.key_arn(tenant)
+        with self.engine.connect() as conn:
+            latest = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value)).scalar()
+        epoch = (latest or 0) + 1
+        out = self._kms("GenerateDataKey", tenant, cat.value, epoch, key_arn,
+                        lambda: self.kms.generate_data_key(
+                            key_arn, encryption_context(tenant, cat.value, epoch)))
+        try:
+            with self.engine.begin() as conn:
+                generation = conn.execute(sa.select(tenants.c.rewrap_generation)
+                                          .where(tenants.c.tenant_id == tenant)).scalar_one()
+                conn.execute(data_keys.insert().values(
+                    tenant_id=tenant, category=cat.value, epoch=epoch, key_arn=key_arn,
+                    wrapped=out.wrapped, created_at=self.clock.now(), seals_reserved=0,
+                    wrap_generation=generation))
+        except sa.exc.IntegrityError:
+            # Another process created this epoch first: use theirs, drop ours.
+            out.plaintext[:] = bytes(len(out.plaintext))
+            with self._lock:
+                self._current[(tenant, cat.value)] = epoch
+            return epoch
+        self._install((tenant, cat.value, epoch), key_arn, out.plaintext)
+        self.audit.append(tenant, "epoch_created",
+                          {"category": cat.value, "epoch": epoch, "key_arn": key_arn})
+        with self._lock:
+            self._current[(tenant, cat.value)] = epoch
+        return epoch
+
+    def _reserve(self, tenant: str, cat: Category, epoch: int, entry: _Cached) -> bool:
+        """Claim the next chunk of this epoch's seal budget; False when it is spent."""
+        with self.engine.begin() as conn:
+            reserved = conn.execute(sa.select(data_keys.c.seals_reserved).where(
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value,
+                data_keys.c.epoch == epoch).with_for_update()).scalar_one()
+            grant = min(self.reserve_chunk, self.seal_budget - int(reserved))
+            if grant <= 0:
+                return False
+            conn.execute(data_keys.update().where(
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value,
+                data_keys.c.epoch == epoch).values(seals_reserved=int(reserved) + grant))
+        with entry.lock:
+            entry.seals_left += grant
+        return True
+
+
+class _Prefixed:
+    """A reader that replays already-consumed header bytes before the rest."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                data, self._head = self._head + self._rest.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._rest.read(n - len(data))
+            return data
+        return self._rest.read(n)
