@@ -12,63 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
+from _servers import CUSTOMER, free_port, kmslocal, wait_ready
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"cmek:tenant": "acme", "cmek:category": "metadata", "cmek:epoch": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {url}")
-        try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
-            return
-        except OSError:
-            time.sleep(0.05)  # waiting for a process to come up, not for time to pass
-    raise RuntimeError(f"server did not come up: {url}")
-
-
 @contextmanager
-def kmslocal() -> Iterator[tuple[str, str, str]]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as data:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kmslocal.cli", "serve", "--port", str(port),
-             "--data-dir", data],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url + "/_kmslocal/health", proc)
-            yield url, "AKIAKMSLOCALCUSTOMER", "kmslocal-dev-customer-secret"
-        finally:
-            proc.terminate()
-            proc.wait()
-
-
-@contextmanager
-def moto() -> Iterator[tuple[str, str, str]]:
+def moto() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -77,7 +39,7 @@ def moto() -> Iterator[tuple[str, str, str]]:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/moto-api/", proc)
-        yield url, "testing", "testing"
+        yield url
     finally:
         proc.terminate()
         proc.wait()
@@ -124,9 +86,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/kms_latency.json")
     args = parser.parse_args()
     results: dict[str, Any] = {}
-    for name, server in (("kmslocal", kmslocal), ("moto", moto)):
-        with server() as (url, akid, secret):
-            results[name] = measure(url, akid, secret, args.calls)
+    with kmslocal() as url:
+        results["kmslocal"] = measure(url, *CUSTOMER, args.calls)
+    with moto() as url:
+        results["moto"] = measure(url, "testing", "testing", args.calls)
     print(f"KMS latency over loopback, {args.calls} sequential boto3 calls per operation")
     print(f"{'operation':<18}{'server':<10}{'median ms':>10}{'p99 ms':>9}")
     for op in ("GenerateDataKey", "Decrypt"):

@@ -35,7 +35,6 @@ HEADER_LEN = 50
 OVERHEAD = 66
 
 
-
 def fast(examples: int) -> settings:
     return settings(
         max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -113,9 +112,22 @@ def test_binding_encoding_is_length_prefixed() -> None:
 
 
 def test_public_api_is_re_exported() -> None:
-    for name in ("MAX_RECORD", "MAX_SEALS_PER_KEY", "Binding", "DataKey", "seal", "open_record",
-                 "envelope_epoch", "seal_stream", "open_stream", "stream_epoch",
-                 "STREAM_HEADER_LEN", "DEFAULT_CHUNK", "MIN_CHUNK", "MAX_CHUNK"):
+    for name in (
+        "MAX_RECORD",
+        "MAX_SEALS_PER_KEY",
+        "Binding",
+        "DataKey",
+        "seal",
+        "open_record",
+        "envelope_epoch",
+        "seal_stream",
+        "open_stream",
+        "stream_epoch",
+        "STREAM_HEADER_LEN",
+        "DEFAULT_CHUNK",
+        "MIN_CHUNK",
+        "MAX_CHUNK",
+    ):
         assert name in cmek.crypto.__all__
         assert hasattr(cmek.crypto, name)
     assert MAX_SEALS_PER_KEY == 2**32
@@ -290,9 +302,10 @@ def test_wipe_zeroes_callers_bytearray_and_refuses_use() -> None:
     key.wipe()
     assert material == bytearray(32)
     assert key.wiped
-    for call in (lambda: seal(key, BINDING, b"x"), lambda: open_record(key, BINDING, envelope)):
-        with pytest.raises(InvalidInput, match=r"^data key wiped$"):
-            call()
+    with pytest.raises(InvalidInput, match=r"^data key wiped$"):
+        seal(key, BINDING, b"x")
+    with pytest.raises(InvalidInput, match=r"^data key wiped$"):
+        open_record(key, BINDING, envelope)
     key.wipe()  # idempotent
     assert material == bytearray(32)
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def connect(
     database_url: str, kms: KmsSettings | Kms, *, clock: Clock | None = None,
     data_key_ttl: float = 300.0, refresh_ahead: float = 30.0,
+    rewrap_with_reencrypt: bool = False,
 ) -> Keyring:
     """A keyring over a key table (``sqlite:///...`` or ``postgresql://...``) and a KMS.
 
@@ -34,4 +35,5 @@ def connect(
     clock = clock or SystemClock()
     client = BotoKms(kms) if isinstance(kms, KmsSettings) else kms
     return Keyring(client, engine, clock, AuditTrail(engine, clock), ttl=data_key_ttl,
-                   refresh_ahead=min(refresh_ahead, data_key_ttl / 2))
+                   refresh_ahead=min(refresh_ahead, data_key_ttl / 2),
+                   rewrap_with_reencrypt=rewrap_with_reencrypt)

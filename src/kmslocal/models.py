@@ -161,24 +161,24 @@ class Backend:
         call = Call(caller, operation, request_id)
         params = Params(raw)
         try:
-            with self.storage.transaction():
+            with self.storage.transaction():  # the call and its log record commit together
                 result = handler(call, params)
+                self._log(call, raw, result, None)
         except KMSError as err:
-            self._log(call, raw, None, err)
+            with self.storage.transaction():  # a refusal changes nothing but the log
+                self._log(call, raw, None, err)
             raise
-        self._log(call, raw, result, None)
         return result
 
     def _log(
         self, call: Call, raw: Mapping[str, Any], result: dict[str, Any] | None,
         err: KMSError | None,
     ) -> None:
-        with self.storage.transaction():
-            self.trail.record_call(
-                call.caller, call.operation, call.request_id, self.clock.timestamp(), raw,
-                result, err, call.keys, call.operation in READ_ONLY_OPERATIONS,
-                emit_event=err is None and call.operation in EVENT_OPERATIONS,
-            )
+        self.trail.record_call(
+            call.caller, call.operation, call.request_id, self.clock.timestamp(), raw,
+            result, err, call.keys, call.operation in READ_ONLY_OPERATIONS,
+            emit_event=err is None and call.operation in EVENT_OPERATIONS,
+        )
 
     # --- scheduled work: deletion at the window's end, automatic rotation -------------
     def tick(self) -> None:

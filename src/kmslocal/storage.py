@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS keys (
     rotation_period INTEGER, next_rotation REAL
 );
 CREATE INDEX IF NOT EXISTS keys_account ON keys (account, key_id);
+CREATE INDEX IF NOT EXISTS keys_deletion ON keys (state, deletion_date);
+CREATE INDEX IF NOT EXISTS keys_rotation ON keys (state, next_rotation);
 CREATE TABLE IF NOT EXISTS materials (
     key_id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL,
     rotation_type TEXT, wrapped BLOB NOT NULL, PRIMARY KEY (key_id, version)

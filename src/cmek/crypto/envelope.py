@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -48,50 +47,72 @@ MAX_EPOCH = 2**32 - 1
 MAX_BINDING_FIELD = 1024
 
 _PREFIX = struct.Struct(">BBI")  # version, type, epoch
-RECORD_HEADER_LEN = _PREFIX.size + COMMITMENT_LEN + NONCE_LEN  # 50
+_PREFIX_LEN = _PREFIX.size + COMMITMENT_LEN  # version, type, epoch, commitment: 38
+RECORD_HEADER_LEN = _PREFIX_LEN + NONCE_LEN  # 50
 MIN_ENVELOPE = RECORD_HEADER_LEN + TAG_LEN  # 66
 MAX_ENVELOPE = MAX_RECORD + MIN_ENVELOPE
 
+_U16 = struct.Struct(">H").pack
 _INFO_RECORD = b"cmek v1 record"
 _INFO_COMMIT = b"cmek v1 commit"
 
 
-def hkdf_sha256(material: bytes | bytearray, salt: bytes | None, info: bytes) -> bytes:
+def _hkdf(material: bytes | bytearray, salt: bytes | None, info: bytes) -> bytes:
     """The one KDF of the formats: 32 bytes of HKDF-SHA256."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=info).derive(material)
 
 
-@dataclass(frozen=True)
 class Binding:
     """What a ciphertext belongs to; a ciphertext opens only under the binding it was sealed to.
 
     Encoded as ``u16 length || UTF-8`` for tenant, category and object_id in that order, so
-    no two distinct bindings share an encoding.
+    no two distinct bindings share an encoding. Validated and encoded once, at construction:
+    it is built for every record, so it is kept lean.
     """
 
-    tenant: str
-    category: str
-    object_id: str
+    __slots__ = ("_encoded", "category", "object_id", "tenant")
 
-    def __post_init__(self) -> None:
-        for name in ("tenant", "category", "object_id"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise InvalidInput(f"binding {name} must be a string")
-            try:
-                size = len(value.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise InvalidInput(f"binding {name} is not valid UTF-8") from None
-            if not 1 <= size <= MAX_BINDING_FIELD:
-                raise InvalidInput(f"binding {name} must be 1..{MAX_BINDING_FIELD} UTF-8 bytes")
+    def __init__(self, tenant: str, category: str, object_id: str) -> None:
+        try:
+            t, c, o = tenant.encode(), category.encode(), object_id.encode()
+        except (AttributeError, UnicodeEncodeError):
+            raise InvalidInput(_binding_problem(tenant, category, object_id)) from None
+        lt, lc, lo = len(t), len(c), len(o)
+        if not (0 < lt <= MAX_BINDING_FIELD and 0 < lc <= MAX_BINDING_FIELD
+                and 0 < lo <= MAX_BINDING_FIELD):
+            raise InvalidInput(_binding_problem(tenant, category, object_id))
+        if type(tenant) is not str or type(category) is not str or type(object_id) is not str:
+            tenant, category, object_id = str(tenant), str(category), str(object_id)
+        self.tenant = tenant
+        self.category = category
+        self.object_id = object_id
+        self._encoded = b"".join((_U16(lt), t, _U16(lc), c, _U16(lo), o))
 
     def encode(self) -> bytes:
         """Length-prefixed fields: the AAD suffix of records and the stream KDF info suffix."""
-        out = bytearray()
-        for value in (self.tenant, self.category, self.object_id):
-            raw = value.encode("utf-8")
-            out += struct.pack(">H", len(raw)) + raw
-        return bytes(out)
+        return self._encoded
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Binding) and other._encoded == self._encoded
+
+    def __hash__(self) -> int:
+        return hash(self._encoded)
+
+    def __repr__(self) -> str:
+        return f"Binding({self.tenant!r}, {self.category!r}, {self.object_id!r})"
+
+
+def _binding_problem(tenant: object, category: object, object_id: object) -> str:
+    for name, value in (("tenant", tenant), ("category", category), ("object_id", object_id)):
+        if not isinstance(value, str):
+            return f"binding {name} must be a string"
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"binding {name} is not valid UTF-8"
+        if not 1 <= size <= MAX_BINDING_FIELD:
+            return f"binding {name} must be 1..{MAX_BINDING_FIELD} UTF-8 bytes"
+    return "invalid binding"
 
 
 class DataKey:
@@ -102,7 +123,7 @@ class DataKey:
     are dropped instead. The caller must not mutate the bytearray other than through wipe().
     """
 
-    __slots__ = ("_aead", "_commitment", "_epoch", "_material")
+    __slots__ = ("_aead", "_commitment", "_epoch", "_material", "_record_prefix")
 
     def __init__(self, epoch: int, material: bytearray) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
@@ -113,8 +134,9 @@ class DataKey:
             raise InvalidInput(f"data key material must be {KEY_LEN} bytes")
         self._epoch = epoch
         self._material = material
-        self._aead: AESGCM | None = AESGCM(hkdf_sha256(material, None, _INFO_RECORD))
-        self._commitment = hkdf_sha256(material, None, _INFO_COMMIT)
+        self._aead: AESGCM | None = AESGCM(_hkdf(material, None, _INFO_RECORD))
+        self._commitment = _hkdf(material, None, _INFO_COMMIT)
+        self._record_prefix = _PREFIX.pack(VERSION, RECORD_TYPE, epoch) + self._commitment
 
     @property
     def epoch(self) -> int:
@@ -143,63 +165,75 @@ class DataKey:
         """A per-use subkey (streams); refused once the material is wiped."""
         if self._aead is None:
             raise InvalidInput("data key wiped")
-        return hkdf_sha256(self._material, salt, info)
+        return _hkdf(self._material, salt, info)
 
     def __repr__(self) -> str:
         return f"DataKey(epoch={self._epoch}{', wiped' if self.wiped else ''})"
 
 
-def seal(key: DataKey, binding: Binding, plaintext: bytes) -> bytes:
+def seal(key: DataKey, binding: Binding, plaintext: bytes | bytearray | memoryview) -> bytes:
     """Encrypt one record under a fresh random nonce."""
     return _seal_with_nonce(key, binding, plaintext, os.urandom(NONCE_LEN))
 
 
-def _seal_with_nonce(key: DataKey, binding: Binding, plaintext: bytes, nonce: bytes) -> bytes:
-    """seal() with the nonce given: for known-answer tests only, never for real data."""
-    aead = key._record_aead()
-    if not isinstance(binding, Binding):
+def _seal_with_nonce(
+    key: DataKey, binding: Binding, plaintext: bytes | bytearray | memoryview, nonce: bytes
+) -> bytes:
+    """seal() with the nonce given: for known-answer tests only, never for real data.
+
+    Runs for every record, so the checks are the cheap ones that refuse misuse."""
+    aead = key._aead
+    if aead is None:
+        raise InvalidInput("data key wiped")
+    if type(binding) is not Binding:
         raise InvalidInput("binding must be a Binding")
-    if not isinstance(plaintext, bytes | bytearray | memoryview):
-        raise InvalidInput("plaintext must be bytes")
-    if memoryview(plaintext).nbytes > MAX_RECORD:
+    if type(plaintext) is not bytes:
+        if not isinstance(plaintext, bytes | bytearray | memoryview):
+            raise InvalidInput("plaintext must be bytes")
+        plaintext = bytes(plaintext)
+    if len(plaintext) > MAX_RECORD:
         raise RecordTooLarge(f"record plaintext exceeds {MAX_RECORD} bytes; use a stream")
     if len(nonce) != NONCE_LEN:
         raise InvalidInput(f"nonce must be {NONCE_LEN} bytes")
-    header = _PREFIX.pack(VERSION, RECORD_TYPE, key.epoch) + key.commitment + nonce
-    return header + aead.encrypt(nonce, plaintext, header + binding.encode())
+    header = key._record_prefix + nonce
+    return header + aead.encrypt(nonce, plaintext, header + binding._encoded)
 
 
 def open_record(key: DataKey, binding: Binding, envelope: bytes) -> bytes:
     """Authenticate and decrypt; every way of failing raises the same DecryptionError."""
-    aead = key._record_aead()
-    if not isinstance(binding, Binding):
+    aead = key._aead
+    if aead is None:
+        raise InvalidInput("data key wiped")
+    if type(binding) is not Binding:
         raise InvalidInput("binding must be a Binding")
-    view = _envelope_view(envelope)
-    header = bytes(view[:RECORD_HEADER_LEN])
-    _, _, epoch = _PREFIX.unpack_from(header)
-    commitment = header[_PREFIX.size : _PREFIX.size + COMMITMENT_LEN]
-    if epoch != key.epoch or not hmac.compare_digest(commitment, key.commitment):
+    data = _envelope_bytes(envelope)
+    # Version, type, epoch and commitment in one comparison with this key's header prefix.
+    if not hmac.compare_digest(data[:_PREFIX_LEN], key._record_prefix):
         raise DecryptionError
-    nonce = header[_PREFIX.size + COMMITMENT_LEN :]
+    header = data[:RECORD_HEADER_LEN]
+    # A view, not a slice: a large record's ciphertext is not copied.
+    body = memoryview(data)[RECORD_HEADER_LEN:]
     try:
-        return aead.decrypt(nonce, view[RECORD_HEADER_LEN:], header + binding.encode())
+        return aead.decrypt(data[_PREFIX_LEN:RECORD_HEADER_LEN], body, header + binding._encoded)
     except InvalidTag:
         raise DecryptionError from None
 
 
 def envelope_epoch(envelope: bytes) -> int:
     """The data key epoch an envelope needs, read from the header without any key."""
-    return int(_PREFIX.unpack_from(_envelope_view(envelope))[2])
+    data = _envelope_bytes(envelope)
+    return int.from_bytes(data[2:6], "big")
 
 
-def _envelope_view(envelope: bytes) -> memoryview:
-    """Check lengths, then version and type, before anything else is read."""
-    try:
-        view = memoryview(envelope).cast("B")
-    except (TypeError, ValueError):
-        raise DecryptionError from None
-    if not MIN_ENVELOPE <= len(view) <= MAX_ENVELOPE:
+def _envelope_bytes(envelope: bytes) -> bytes:
+    """Check type and length, then version and type, before anything else is read."""
+    if type(envelope) is not bytes:
+        try:
+            envelope = memoryview(envelope).cast("B").tobytes()
+        except (TypeError, ValueError):
+            raise DecryptionError from None
+    if not MIN_ENVELOPE <= len(envelope) <= MAX_ENVELOPE:
         raise DecryptionError
-    if view[0] != VERSION or view[1] != RECORD_TYPE:
+    if envelope[0] != VERSION or envelope[1] != RECORD_TYPE:
         raise DecryptionError
-    return view
+    return envelope

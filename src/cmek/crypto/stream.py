@@ -26,13 +26,26 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from typing import BinaryIO
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cmek.crypto.envelope import COMMITMENT_LEN, TAG_LEN, VERSION, Binding, DataKey
 from cmek.errors import DecryptionError, InvalidInput
+
+
+class ByteSource(Protocol):
+    """What a stream reads from: any binary file, socket file or wrapper with read(n)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What a stream writes to: write(data) must take all of data, as buffered files do."""
+
+    def write(self, data: bytes, /) -> object: ...
+
 
 DEFAULT_CHUNK = 256 * 1024
 MIN_CHUNK = 4 * 1024
@@ -48,14 +61,14 @@ _INFO_STREAM = b"cmek v1 stream"
 
 
 def seal_stream(
-    key: DataKey, binding: Binding, src: BinaryIO, dst: BinaryIO, chunk_size: int = DEFAULT_CHUNK
+    key: DataKey, binding: Binding, src: ByteSource, dst: ByteSink, chunk_size: int = DEFAULT_CHUNK
 ) -> int:
     """Encrypt src to dst, holding at most two plaintext chunks; returns bytes written."""
     return _seal_stream_with_salt(key, binding, src, dst, chunk_size, os.urandom(SALT_LEN))
 
 
 def _seal_stream_with_salt(
-    key: DataKey, binding: Binding, src: BinaryIO, dst: BinaryIO, chunk_size: int, salt: bytes
+    key: DataKey, binding: Binding, src: ByteSource, dst: ByteSink, chunk_size: int, salt: bytes
 ) -> int:
     """seal_stream() with the salt given: for known-answer tests only, never for real data."""
     if not isinstance(binding, Binding):
@@ -88,7 +101,7 @@ def _seal_stream_with_salt(
         current, index = following, index + 1
 
 
-def open_stream(key: DataKey, binding: Binding, src: BinaryIO, dst: BinaryIO) -> int:
+def open_stream(key: DataKey, binding: Binding, src: ByteSource, dst: ByteSink) -> int:
     """Decrypt src to dst chunk by chunk; returns plaintext bytes written.
 
     Only authenticated chunks reach dst, but truncation is only detectable at the end: on
@@ -149,7 +162,7 @@ def _parse_header(header: bytes) -> tuple[int, int]:
     return int(epoch), int(chunk_size)
 
 
-def _read_full(src: BinaryIO, size: int) -> bytes:
+def _read_full(src: ByteSource, size: int) -> bytes:
     """Read exactly size bytes, or fewer only at end of input (raw reads may come up short)."""
     data = src.read(size)
     if not data or len(data) >= size:

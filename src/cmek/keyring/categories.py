@@ -19,8 +19,23 @@ class Category(StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Category:
+        found = _BY_VALUE.get(value)
+        if found is not None:
+            return found
         try:
             return cls(value)
         except ValueError:
             names = ", ".join(c.value for c in cls)
-            raise UnknownCategory(f"unknown data category {value[:64]!r} (one of: {names})") from None
+            raise UnknownCategory(
+                f"unknown data category {value[:64]!r} (one of: {names})"
+            ) from None
+
+
+_BY_VALUE: dict[str, Category] = {c.value: c for c in Category}
+_NAMES: dict[str, str] = {c.value: c.value for c in Category}
+
+
+def category_name(value: str) -> str:
+    """The category's plain name, or UnknownCategory: cheap enough for every record."""
+    name = _NAMES.get(value)
+    return name if name is not None else Category.parse(value).value

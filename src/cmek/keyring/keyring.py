@@ -15,10 +15,10 @@ without the lifecycle engine.
 
 from __future__ import annotations
 
-import functools
+import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TypeVar
 
@@ -39,7 +39,7 @@ from cmek.crypto import (
 )
 from cmek.crypto.stream import STREAM_HEADER_LEN
 from cmek.errors import CmekError, DecryptionError, InvalidInput, TenantExists, UnknownTenant
-from cmek.keyring.categories import Category
+from cmek.keyring.categories import category_name
 from cmek.keyring.table import DataKeyRow, data_keys, metadata, row_to_key, tenants
 from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError
 
@@ -71,7 +71,10 @@ class _Cached:
     key: DataKey
     key_arn: str
     expires_at: float
-    seals_left: int = 0
+    # Seals this process may still make under the key: next(seals) below seal_limit. A
+    # count that fails the test is simply lost, so the budget is never exceeded.
+    seals: Iterator[int] = field(default_factory=itertools.count)
+    seal_limit: int = 0
     refreshing: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,6 +94,7 @@ class Keyring:
         ttl: float = 300.0, refresh_ahead: float = 30.0,
         seal_budget: int = MAX_SEALS_PER_KEY, reserve_chunk: int = 1 << 20,
         on_revoked: Callable[[str, KeyRevoked], None] | None = None,
+        rewrap_with_reencrypt: bool = False,
     ) -> None:
         if ttl <= 0 or not 0 <= refresh_ahead < ttl:
             raise ValueError("need ttl > 0 and 0 <= refresh_ahead < ttl")
@@ -105,6 +109,7 @@ class Keyring:
         self.seal_budget = seal_budget
         self.reserve_chunk = min(reserve_chunk, seal_budget)
         self.on_revoked = on_revoked
+        self.rewrap_with_reencrypt = rewrap_with_reencrypt
         self._cache: dict[tuple[str, str, int], _Cached] = {}
         self._current: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -148,13 +153,13 @@ class Keyring:
 
     # --- records and streams ----------------------------------------------------------
     def seal(self, tenant: str, category: str, object_id: str, plaintext: bytes) -> bytes:
-        cat = Category.parse(category)
+        cat = category_name(category)
         key = self._key_for_seal(tenant, cat)
-        return seal(key, Binding(tenant, cat.value, object_id), plaintext)
+        return seal(key, Binding(tenant, cat, object_id), plaintext)
 
     def open(self, tenant: str, category: str, object_id: str, envelope: bytes) -> bytes:
-        cat = Category.parse(category)
-        binding = Binding(tenant, cat.value, object_id)
+        cat = category_name(category)
+        binding = Binding(tenant, cat, object_id)
         key = self._key_for_open(tenant, cat, envelope_epoch(envelope))
         return open_record(key, binding, envelope)
 
@@ -162,9 +167,9 @@ class Keyring:
         self, tenant: str, category: str, object_id: str, src: IO[bytes], dst: IO[bytes],
         chunk_size: int | None = None,
     ) -> int:
-        cat = Category.parse(category)
+        cat = category_name(category)
         key = self._key_for_seal(tenant, cat)
-        binding = Binding(tenant, cat.value, object_id)
+        binding = Binding(tenant, cat, object_id)
         if chunk_size is None:
             return seal_stream(key, binding, src, dst)
         return seal_stream(key, binding, src, dst, chunk_size)
@@ -173,10 +178,10 @@ class Keyring:
         self, tenant: str, category: str, object_id: str, src: IO[bytes], dst: IO[bytes]
     ) -> int:
         """Writes authenticated chunks to ``dst``; on error the caller discards ``dst``."""
-        cat = Category.parse(category)
+        cat = category_name(category)
         header = src.read(STREAM_HEADER_LEN)
         key = self._key_for_open(tenant, cat, stream_epoch(header))
-        return open_stream(key, Binding(tenant, cat.value, object_id), _Prefixed(header, src),
+        return open_stream(key, Binding(tenant, cat, object_id), _Prefixed(header, src),
                            dst)
 
     # --- cache management -------------------------------------------------------------
@@ -202,9 +207,9 @@ class Keyring:
 
     def rotate_epoch(self, tenant: str, category: str) -> int:
         """Start a new data key for future seals; older epochs stay readable."""
-        cat = Category.parse(category)
+        cat = category_name(category)
         with self._lock:
-            self._current.pop((tenant, cat.value), None)
+            self._current.pop((tenant, cat), None)
         return self._new_epoch(tenant, cat)
 
     # --- rewrap -----------------------------------------------------------------------
@@ -213,8 +218,8 @@ class Keyring:
         progress: Callable[[int, int], None] | None = None,
     ) -> RewrapReport:
         """Re-wrap every stored data key of the tenant under ``new_key_arn`` (or the
-        same key after a rotation) with ReEncrypt. The data is untouched. Resumable:
-        an interrupted rewrap continues where it stopped when called again."""
+        same key after a rotation, so the newest key material wraps it). The data is
+        untouched. Resumable: an interrupted rewrap continues where it stopped."""
         current = self.key_arn(tenant)
         if new_key_arn is not None:
             KeyArn.parse(new_key_arn)
@@ -243,8 +248,7 @@ class Keyring:
                           {"key_arn": target, "pending": len(pending), "total": total})
         done = total - len(pending)
         for dk in pending:
-            out = self._kms("ReEncrypt", tenant, dk.category, dk.epoch, dk.key_arn,
-                            functools.partial(self._re_encrypt, tenant, dk, target))
+            out = self._rewrap_one(tenant, dk, target)
             with self.engine.begin() as conn:
                 conn.execute(data_keys.update().where(
                     data_keys.c.tenant_id == tenant, data_keys.c.category == dk.category,
@@ -292,9 +296,21 @@ class Keyring:
         })
         return result
 
-    def _re_encrypt(self, tenant: str, dk: DataKeyRow, target: str) -> Ciphertext:
+    def _rewrap_one(self, tenant: str, dk: DataKeyRow, target: str) -> Ciphertext:
+        """ReEncrypt where the key policy grants it; else Decrypt then Encrypt, which
+        the least-privilege provider policy allows (kms:ReEncrypt* is not in it)."""
         context = encryption_context(tenant, dk.category, dk.epoch)
-        return self.kms.re_encrypt(dk.key_arn, dk.wrapped, context, target, context)
+        if self.rewrap_with_reencrypt:
+            return self._kms("ReEncrypt", tenant, dk.category, dk.epoch, dk.key_arn,
+                             lambda: self.kms.re_encrypt(dk.key_arn, dk.wrapped, context,
+                                                         target, context))
+        plain = self._kms("Decrypt", tenant, dk.category, dk.epoch, dk.key_arn,
+                          lambda: self.kms.decrypt(dk.key_arn, dk.wrapped, context)).plaintext
+        try:
+            return self._kms("Encrypt", tenant, dk.category, dk.epoch, target,
+                             lambda: self.kms.encrypt(target, bytes(plain), context))
+        finally:
+            plain[:] = bytes(len(plain))
 
     def _load_lock(self, slot: tuple[str, str, int]) -> threading.Lock:
         with self._lock:
@@ -303,25 +319,23 @@ class Keyring:
                 lock = self._load_locks[slot] = threading.Lock()
             return lock
 
-    def _key_for_seal(self, tenant: str, cat: Category) -> DataKey:
+    def _key_for_seal(self, tenant: str, cat: str) -> DataKey:
         while True:
-            epoch = self._current.get((tenant, cat.value))
+            epoch = self._current.get((tenant, cat))
             if epoch is None:
                 epoch = self._current_epoch(tenant, cat)
             entry = self._entry(tenant, cat, epoch)
-            with entry.lock:
-                if entry.seals_left > 0:
-                    entry.seals_left -= 1
-                    return entry.key
+            if next(entry.seals) < entry.seal_limit:
+                return entry.key
             if self._reserve(tenant, cat, epoch, entry):
                 continue
-            self.rotate_epoch(tenant, cat.value)  # budget spent: a fresh data key
+            self.rotate_epoch(tenant, cat)  # budget spent: a fresh data key
 
-    def _key_for_open(self, tenant: str, cat: Category, epoch: int) -> DataKey:
+    def _key_for_open(self, tenant: str, cat: str, epoch: int) -> DataKey:
         return self._entry(tenant, cat, epoch).key
 
-    def _entry(self, tenant: str, cat: Category, epoch: int) -> _Cached:
-        slot = (tenant, cat.value, epoch)
+    def _entry(self, tenant: str, cat: str, epoch: int) -> _Cached:
+        slot = (tenant, cat, epoch)
         now = self.clock.now()
         entry = self._cache.get(slot)
         if entry is not None:
@@ -363,7 +377,7 @@ class Keyring:
         with self._lock:
             old = self._cache.get(slot)
             if old is not None:  # a refresh: the old key object may still be in a caller's
-                entry.seals_left = old.seals_left  # hands, so it is dropped, not wiped
+                entry.seals, entry.seal_limit = old.seals, old.seal_limit  # hands: not wiped
             self._cache[slot] = entry
         return entry
 
@@ -377,61 +391,61 @@ class Keyring:
             raise DecryptionError  # an epoch this tenant never had: opaque, like any forgery
         return row_to_key(row)
 
-    def _current_epoch(self, tenant: str, cat: Category) -> int:
+    def _current_epoch(self, tenant: str, cat: str) -> int:
         with self.engine.connect() as conn:
             epoch = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
-                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value)).scalar()
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat)).scalar()
         if epoch is None:
             return self._new_epoch(tenant, cat)
         with self._lock:
-            self._current[(tenant, cat.value)] = int(epoch)
+            self._current[(tenant, cat)] = int(epoch)
         return int(epoch)
 
-    def _new_epoch(self, tenant: str, cat: Category) -> int:
+    def _new_epoch(self, tenant: str, cat: str) -> int:
         """GenerateDataKey for the next epoch and store its wrapped form."""
         key_arn = self.key_arn(tenant)
         with self.engine.connect() as conn:
             latest = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
-                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value)).scalar()
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat)).scalar()
         epoch = (latest or 0) + 1
-        out = self._kms("GenerateDataKey", tenant, cat.value, epoch, key_arn,
+        out = self._kms("GenerateDataKey", tenant, cat, epoch, key_arn,
                         lambda: self.kms.generate_data_key(
-                            key_arn, encryption_context(tenant, cat.value, epoch)))
+                            key_arn, encryption_context(tenant, cat, epoch)))
         try:
             with self.engine.begin() as conn:
                 generation = conn.execute(sa.select(tenants.c.rewrap_generation)
                                           .where(tenants.c.tenant_id == tenant)).scalar_one()
                 conn.execute(data_keys.insert().values(
-                    tenant_id=tenant, category=cat.value, epoch=epoch, key_arn=key_arn,
+                    tenant_id=tenant, category=cat, epoch=epoch, key_arn=key_arn,
                     wrapped=out.wrapped, created_at=self.clock.now(), seals_reserved=0,
                     wrap_generation=generation))
         except sa.exc.IntegrityError:
             # Another process created this epoch first: use theirs, drop ours.
             out.plaintext[:] = bytes(len(out.plaintext))
             with self._lock:
-                self._current[(tenant, cat.value)] = epoch
+                self._current[(tenant, cat)] = epoch
             return epoch
-        self._install((tenant, cat.value, epoch), key_arn, out.plaintext)
+        self._install((tenant, cat, epoch), key_arn, out.plaintext)
         self.audit.append(tenant, "epoch_created",
-                          {"category": cat.value, "epoch": epoch, "key_arn": key_arn})
+                          {"category": cat, "epoch": epoch, "key_arn": key_arn})
         with self._lock:
-            self._current[(tenant, cat.value)] = epoch
+            self._current[(tenant, cat)] = epoch
         return epoch
 
-    def _reserve(self, tenant: str, cat: Category, epoch: int, entry: _Cached) -> bool:
+    def _reserve(self, tenant: str, cat: str, epoch: int, entry: _Cached) -> bool:
         """Claim the next chunk of this epoch's seal budget; False when it is spent."""
         with self.engine.begin() as conn:
             reserved = conn.execute(sa.select(data_keys.c.seals_reserved).where(
-                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value,
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat,
                 data_keys.c.epoch == epoch).with_for_update()).scalar_one()
             grant = min(self.reserve_chunk, self.seal_budget - int(reserved))
             if grant <= 0:
                 return False
             conn.execute(data_keys.update().where(
-                data_keys.c.tenant_id == tenant, data_keys.c.category == cat.value,
+                data_keys.c.tenant_id == tenant, data_keys.c.category == cat,
                 data_keys.c.epoch == epoch).values(seals_reserved=int(reserved) + grant))
         with entry.lock:
-            entry.seals_left += grant
+            entry.seal_limit += grant
         return True
 
 
