@@ -295,7 +295,7 @@ def main() -> int:
         # them back every turn. Every implementation here shares the setting, so the run
         # measures the crypto, not the allocator.
         env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # noqa: S606
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/crypto_compare.json")
