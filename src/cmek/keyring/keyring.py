@@ -272,9 +272,12 @@ class Keyring:
     # --- internals --------------------------------------------------------------------
     def _kms(
         self, operation: str, tenant: str, category: str, epoch: int, key_arn: str,
-        call: Callable[[], T],
+        call: Callable[[], T], *, revokes_tenant: bool = True,
     ) -> T:
-        """Every KMS call goes through here: counted, audited, revocations reported."""
+        """Every KMS call goes through here: counted, audited, revocations reported.
+
+        A refusal by a key that is not the tenant's own (a rewrap's destination) says
+        nothing about the tenant's key: ``revokes_tenant=False``."""
         self.kms_calls[(operation, tenant, category, epoch)] += 1
         context = encryption_context(tenant, category, epoch)
         try:
@@ -285,7 +288,7 @@ class Keyring:
                 "outcome": "error", "error_code": err.code, "kms_code": err.kms_code,
                 "request_id": err.request_id,
             })
-            if isinstance(err, KeyRevoked):
+            if isinstance(err, KeyRevoked) and revokes_tenant:
                 self.purge(tenant, reason=f"key_revoked:{err.reason.value}")
                 if self.on_revoked is not None:
                     self.on_revoked(tenant, err)
@@ -300,15 +303,18 @@ class Keyring:
         """ReEncrypt where the key policy grants it; else Decrypt then Encrypt, which
         the least-privilege provider policy allows (kms:ReEncrypt* is not in it)."""
         context = encryption_context(tenant, dk.category, dk.epoch)
+        same_key = target == dk.key_arn
         if self.rewrap_with_reencrypt:
             return self._kms("ReEncrypt", tenant, dk.category, dk.epoch, dk.key_arn,
                              lambda: self.kms.re_encrypt(dk.key_arn, dk.wrapped, context,
-                                                         target, context))
+                                                         target, context),
+                             revokes_tenant=same_key)
         plain = self._kms("Decrypt", tenant, dk.category, dk.epoch, dk.key_arn,
                           lambda: self.kms.decrypt(dk.key_arn, dk.wrapped, context)).plaintext
         try:
             return self._kms("Encrypt", tenant, dk.category, dk.epoch, target,
-                             lambda: self.kms.encrypt(target, bytes(plain), context))
+                             lambda: self.kms.encrypt(target, bytes(plain), context),
+                             revokes_tenant=same_key)
         finally:
             plain[:] = bytes(len(plain))
 
@@ -325,9 +331,10 @@ class Keyring:
             if epoch is None:
                 epoch = self._current_epoch(tenant, cat)
             entry = self._entry(tenant, cat, epoch)
-            if next(entry.seals) < entry.seal_limit:
+            count = next(entry.seals)
+            if count < entry.seal_limit:
                 return entry.key
-            if self._reserve(tenant, cat, epoch, entry):
+            if self._reserve(tenant, cat, epoch, entry, count):
                 continue
             self.rotate_epoch(tenant, cat)  # budget spent: a fresh data key
 
@@ -401,38 +408,52 @@ class Keyring:
             self._current[(tenant, cat)] = int(epoch)
         return int(epoch)
 
+    def _tenant_wrapping(self, conn: sa.Connection, tenant: str) -> tuple[str, int]:
+        """The key new data keys are wrapped under, and the generation to stamp them with:
+        during a rewrap to another key they are pending, so one below the rewrap's."""
+        row = conn.execute(sa.select(tenants.c.key_arn, tenants.c.rewrap_to,
+                                     tenants.c.rewrap_generation)
+                           .where(tenants.c.tenant_id == tenant)).first()
+        if row is None:
+            raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
+        key_arn, rewrap_to, generation = str(row[0]), row[1], int(row[2])
+        pending = rewrap_to is not None and rewrap_to != key_arn
+        return key_arn, generation - 1 if pending else generation
+
     def _new_epoch(self, tenant: str, cat: str) -> int:
         """GenerateDataKey for the next epoch and store its wrapped form."""
-        key_arn = self.key_arn(tenant)
-        with self.engine.connect() as conn:
-            latest = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
-                data_keys.c.tenant_id == tenant, data_keys.c.category == cat)).scalar()
-        epoch = (latest or 0) + 1
-        out = self._kms("GenerateDataKey", tenant, cat, epoch, key_arn,
-                        lambda: self.kms.generate_data_key(
-                            key_arn, encryption_context(tenant, cat, epoch)))
-        try:
-            with self.engine.begin() as conn:
-                generation = conn.execute(sa.select(tenants.c.rewrap_generation)
-                                          .where(tenants.c.tenant_id == tenant)).scalar_one()
-                conn.execute(data_keys.insert().values(
-                    tenant_id=tenant, category=cat, epoch=epoch, key_arn=key_arn,
-                    wrapped=out.wrapped, created_at=self.clock.now(), seals_reserved=0,
-                    wrap_generation=generation))
-        except sa.exc.IntegrityError:
-            # Another process created this epoch first: use theirs, drop ours.
-            out.plaintext[:] = bytes(len(out.plaintext))
+        while True:
+            with self.engine.connect() as conn:
+                key_arn, stamp = self._tenant_wrapping(conn, tenant)
+                latest = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
+                    data_keys.c.tenant_id == tenant, data_keys.c.category == cat)).scalar()
+            epoch = (latest or 0) + 1
+            out = self._kms("GenerateDataKey", tenant, cat, epoch, key_arn,
+                            lambda: self.kms.generate_data_key(
+                                key_arn, encryption_context(tenant, cat, epoch)))
+            try:
+                with self.engine.begin() as conn:
+                    if self._tenant_wrapping(conn, tenant) != (key_arn, stamp):
+                        out.plaintext[:] = bytes(len(out.plaintext))
+                        continue  # a rewrap started or finished meanwhile: wrap anew
+                    conn.execute(data_keys.insert().values(
+                        tenant_id=tenant, category=cat, epoch=epoch, key_arn=key_arn,
+                        wrapped=out.wrapped, created_at=self.clock.now(), seals_reserved=0,
+                        wrap_generation=stamp))
+            except sa.exc.IntegrityError:
+                # Another process created this epoch first: use theirs, drop ours.
+                out.plaintext[:] = bytes(len(out.plaintext))
+                with self._lock:
+                    self._current[(tenant, cat)] = epoch
+                return epoch
+            self._install((tenant, cat, epoch), key_arn, out.plaintext)
+            self.audit.append(tenant, "epoch_created",
+                              {"category": cat, "epoch": epoch, "key_arn": key_arn})
             with self._lock:
                 self._current[(tenant, cat)] = epoch
             return epoch
-        self._install((tenant, cat, epoch), key_arn, out.plaintext)
-        self.audit.append(tenant, "epoch_created",
-                          {"category": cat, "epoch": epoch, "key_arn": key_arn})
-        with self._lock:
-            self._current[(tenant, cat)] = epoch
-        return epoch
 
-    def _reserve(self, tenant: str, cat: str, epoch: int, entry: _Cached) -> bool:
+    def _reserve(self, tenant: str, cat: str, epoch: int, entry: _Cached, count: int) -> bool:
         """Claim the next chunk of this epoch's seal budget; False when it is spent."""
         with self.engine.begin() as conn:
             reserved = conn.execute(sa.select(data_keys.c.seals_reserved).where(
@@ -444,8 +465,8 @@ class Keyring:
             conn.execute(data_keys.update().where(
                 data_keys.c.tenant_id == tenant, data_keys.c.category == cat,
                 data_keys.c.epoch == epoch).values(seals_reserved=int(reserved) + grant))
-        with entry.lock:
-            entry.seal_limit += grant
+        with entry.lock:  # exactly `grant` new counts pass, all above any count handed out
+            entry.seal_limit = max(entry.seal_limit, count + 1) + grant
         return True
 
 

@@ -123,7 +123,7 @@ class BotoKms:
     # --- plumbing ---------------------------------------------------------------------
     def _check(self, key_arn: str, context: EncryptionContext | None, operation: str) -> None:
         """Refuse misuse before any network call: full ARN, our region, a context."""
-        arn = KeyArn.parse(key_arn)
+        arn = KeyArn.parse(key_arn, operation)
         if arn.region != self.settings.region:
             raise KmsMisconfigured(
                 f"key {key_arn} is in region {arn.region}, the platform uses "

@@ -31,12 +31,13 @@ class KeyArn:
     key_id: str
 
     @classmethod
-    def parse(cls, arn: str) -> KeyArn:
-        m = _KEY_ARN.match(arn)
+    def parse(cls, arn: str, operation: str = "ParseArn") -> KeyArn:
+        m = _KEY_ARN.match(arn) if isinstance(arn, str) else None
         if m is None:
             raise KmsMisconfigured(
-                f"not a KMS key ARN: {arn[:200]!r} (expected arn:aws:kms:REGION:ACCOUNT:key/ID)",
-                operation="ParseArn",
+                f"not a KMS key ARN: {str(arn)[:200]!r} "
+                "(expected arn:aws:kms:REGION:ACCOUNT:key/ID)",
+                operation=operation,
             )
         return cls(arn, *m.groups())
 

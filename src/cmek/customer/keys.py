@@ -1,0 +1,561 @@
+"""Key create (customer side) and key verify (provider side).
+
+``create_key`` runs with the customer's credentials: it creates a symmetric,
+single-Region, KMS-generated key with the AWS default key policy (the owner account
+keeps administering it), merges the provider's least-privilege statements into that
+policy and, if asked, names it with an alias. A key left half-made by a failing step
+is scheduled for deletion (7 days) before the error is raised.
+
+``verify_key`` runs with the provider's credentials, through the KMS port, before a
+tenant is provisioned with a key. It runs named checks in order; a check that cannot
+run because an earlier one failed is recorded as failed with ``skipped: ...``. Every
+failed check carries a one-line fix for the customer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import botocore.exceptions as bx
+
+from cmek.customer.policy import merge, provider_statements
+from cmek.errors import CmekError, InvalidInput
+from cmek.kms import (
+    KeyArn,
+    KeyDescription,
+    KeyRevoked,
+    Kms,
+    KmsError,
+    KmsInvalidCiphertext,
+    KmsMisconfigured,
+    KmsUnavailable,
+    RevocationReason,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+
+
+KEY_SPEC: Final = "SYMMETRIC_DEFAULT"
+KEY_USAGE: Final = "ENCRYPT_DECRYPT"
+ORIGIN: Final = "AWS_KMS"
+DELETION_WINDOW_DAYS: Final = 7
+USE_STATEMENT: Final = "Allow use of the key"
+PROBE: Final = b"cmek key verification probe"
+
+_ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class CustomerKeyError(CmekError):
+    """A failed AWS call made for the customer: ``step`` names the call, ``aws_code`` is
+    AWS's error code when AWS answered, ``key_arn`` the key left behind, if any."""
+
+    code = "customer_key_error"
+
+    def __init__(self, message: str, *, step: str, aws_code: str | None = None,
+                 key_arn: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.aws_code = aws_code
+        self.key_arn = key_arn
+
+
+class KeyCreateFailed(CustomerKeyError):
+    code = "key_create_failed"
+
+
+class CredentialsInvalid(CustomerKeyError):
+    code = "credentials_invalid"
+
+
+class EndpointUnreachable(CustomerKeyError):
+    code = "endpoint_unreachable"
+
+
+_CREDENTIAL_CODES = frozenset({
+    "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
+    "MissingAuthenticationTokenException", "ExpiredTokenException", "ExpiredToken",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "AuthFailure",
+})
+_UNREACHABLE = (
+    bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
+    bx.ConnectionClosedError, bx.ProxyConnectionError,
+)
+_NO_CREDENTIALS = (
+    bx.NoCredentialsError, bx.PartialCredentialsError, bx.ProfileNotFound,
+)
+
+
+def aws_error(
+    exc: Exception, *, step: str, failed: Callable[[str, str, str | None], CustomerKeyError],
+) -> CustomerKeyError | None:
+    """Map a boto3/botocore exception of ``step`` to a one-line cmek error, or None when it
+    is not an AWS client error. ``failed(message, step, aws_code)`` builds the error for
+    refusals that are neither credential nor connection problems."""
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        text = _one_line(str(err.get("Message", "")))
+        message = f"{step} failed: {code}" + (f": {text}" if text else "")
+        if code in _CREDENTIAL_CODES:
+            return CredentialsInvalid(
+                f"{message} (check the AWS credentials: access key, secret, session token)",
+                step=step, aws_code=code,
+            )
+        return failed(message, step, code)
+    if isinstance(exc, _UNREACHABLE):
+        return EndpointUnreachable(
+            f"{step} failed: endpoint unreachable ({type(exc).__name__}: "
+            f"{_one_line(str(exc))})", step=step,
+        )
+    if isinstance(exc, _NO_CREDENTIALS):
+        return CredentialsInvalid(
+            f"{step} failed: no usable AWS credentials ({type(exc).__name__})", step=step
+        )
+    if isinstance(exc, bx.NoRegionError):
+        return failed(f"{step} failed: no AWS Region configured", step, None)
+    if isinstance(exc, bx.ParamValidationError):
+        return failed(f"{step} failed: {_one_line(str(exc))}", step, None)
+    if isinstance(exc, bx.BotoCoreError):
+        return failed(f"{step} failed: {type(exc).__name__}: {_one_line(str(exc))}", step, None)
+    return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+# --- create -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key_arn: str
+    key_id: str
+    alias: str | None
+    policy: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_arn": self.key_arn, "key_id": self.key_id, "alias": self.alias,
+            "policy": self.policy,
+        }
+
+
+def normalize_alias(alias: str) -> str:
+    """Accept ``name`` or ``alias/name``; refuse what KMS would refuse, before any call."""
+    name = alias.strip()
+    if not name.startswith("alias/"):
+        name = f"alias/{name}"
+    if not _ALIAS.match(name):
+        raise InvalidInput(
+            f"alias {alias[:100]!r} must be 1-250 characters of A-Z, a-z, 0-9, '/', '_' and "
+            "'-' (optionally prefixed with 'alias/')"
+        )
+    if name.startswith("alias/aws/"):
+        raise InvalidInput(f"alias {name!r}: names under alias/aws/ are reserved for AWS")
+    return name
+
+
+def create_key(
+    kms: KMSClient, provider_account: str, *, alias: str | None = None,
+    tenant: str | None = None, description: str | None = None,
+) -> CreatedKey:
+    """Create the customer's key and give the provider least-privilege use of it."""
+    # bad input (account, tenant, alias) is refused before any call
+    provider_statements(provider_account, tenant=tenant)
+    alias_name = normalize_alias(alias) if alias is not None else None
+    if description is None:
+        description = f"cmek: customer-managed key used by provider account {provider_account}"
+        if tenant:
+            description += f" for tenant {tenant}"
+
+    def fail(message: str, step: str, code: str | None) -> CustomerKeyError:
+        return KeyCreateFailed(message, step=step, aws_code=code)
+
+    try:
+        created = kms.create_key(
+            KeySpec=KEY_SPEC, KeyUsage=KEY_USAGE, Origin=ORIGIN, MultiRegion=False,
+            Description=description,
+        )
+    except Exception as e:
+        mapped = aws_error(e, step="CreateKey", failed=fail)
+        if mapped is None:
+            raise
+        raise mapped from None
+    meta = created["KeyMetadata"]
+    key_id, key_arn = meta["KeyId"], meta["Arn"]
+
+    step = "GetKeyPolicy"
+    try:
+        text = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
+        existing = json.loads(text)
+        if not isinstance(existing, dict):
+            raise KeyCreateFailed(
+                "GetKeyPolicy failed: the key policy is not a JSON object", step=step
+            )
+        step = "merge policy"
+        policy = merge(existing, provider_account, tenant=tenant)
+        step = "PutKeyPolicy"
+        kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
+        if alias_name is not None:
+            step = "CreateAlias"
+            kms.create_alias(AliasName=alias_name, TargetKeyId=key_id)
+    except Exception as e:
+        cause = _step_error(e, step, fail)
+        raise type(cause)(
+            f"{cause.message}; {_discard(kms, key_id, key_arn)}", step=cause.step,
+            aws_code=cause.aws_code, key_arn=key_arn,
+        ) from e
+    return CreatedKey(key_arn, key_id, alias_name, policy)
+
+
+def _step_error(
+    e: Exception, step: str, fail: Callable[[str, str, str | None], CustomerKeyError],
+) -> CustomerKeyError:
+    if isinstance(e, CustomerKeyError):
+        return e
+    mapped = aws_error(e, step=step, failed=fail)
+    if mapped is not None:
+        return mapped
+    if isinstance(e, CmekError):
+        return KeyCreateFailed(f"{step} failed: {e.message}", step=step)
+    if isinstance(e, ValueError):  # the key policy AWS returned is not JSON
+        return KeyCreateFailed(f"{step} failed: {_one_line(str(e))}", step=step)
+    return KeyCreateFailed(f"{step} failed: {type(e).__name__}: {_one_line(str(e))}", step=step)
+
+
+def _discard(kms: KMSClient, key_id: str, key_arn: str) -> str:
+    """Schedule a half-made key for deletion; say what happened, for the error message."""
+    try:
+        kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=DELETION_WINDOW_DAYS)
+    except Exception as e:
+        mapped = aws_error(e, step="ScheduleKeyDeletion",
+                           failed=lambda m, s, c: KeyCreateFailed(m, step=s, aws_code=c))
+        why = mapped.message if mapped is not None else f"{type(e).__name__}: {e}"
+        return (f"the half-made key {key_arn} could NOT be scheduled for deletion "
+                f"({_one_line(why, 200)}): delete it by hand")
+    return (f"the half-made key {key_arn} was scheduled for deletion in "
+            f"{DELETION_WINDOW_DAYS} days")
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str  # "" when ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    key_arn: str
+    tenant: str | None
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key_arn": self.key_arn, "tenant": self.tenant, "ok": self.ok,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+    def findings(self) -> list[dict[str, str]]:
+        """The failed checks, as the platform returns them (HTTP 422 findings)."""
+        return [{"check": c.name, "detail": c.detail, "fix": c.fix}
+                for c in self.checks if not c.ok]
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+CHECKS = (
+    "arn", "region", "reachable", "key_spec", "key_usage", "origin", "single_region",
+    "enabled", "generate_data_key", "decrypt", "encrypt",
+)
+# What each check needs to have passed before it can run. A DescribeKey that was only
+# denied (and the checks skipped for it) does not block the cryptographic checks: they can
+# still run, and test their own permissions.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "arn": (),
+    "region": ("arn",),
+    "reachable": ("arn", "region"),
+    "key_spec": ("reachable",),
+    "key_usage": ("reachable",),
+    "origin": ("reachable",),
+    "single_region": ("reachable",),
+    "enabled": ("reachable",),
+    "generate_data_key": ("reachable", "key_spec", "key_usage", "enabled"),
+    "decrypt": ("generate_data_key",),
+    "encrypt": ("reachable", "key_spec", "key_usage", "enabled"),
+}
+_CRYPTO = frozenset({"generate_data_key", "decrypt", "encrypt"})
+
+
+def verification_context(tenant: str | None) -> dict[str, str]:
+    """The encryption context of verify's calls, as it shows in the customer's usage log."""
+    return {"cmek:tenant": tenant or "verify", "cmek:category": "verification",
+            "cmek:epoch": "0"}
+
+
+class _Verifier:
+    def __init__(self, kms: Kms, key_arn: str, region: str, tenant: str | None,
+                 provider_account: str | None) -> None:
+        self.kms = kms
+        self.key_arn = key_arn
+        self.region = region
+        self.tenant = tenant
+        self.principal = (f"arn:aws:iam::{provider_account}:root" if provider_account
+                          else "the provider account")
+        self.context = verification_context(tenant)
+        self.checks: dict[str, Check] = {}
+        self.arn: KeyArn | None = None
+        self.description: KeyDescription | None = None
+        self.wrapped: bytes | None = None
+        self.data_key: bytearray | None = None
+        self.soft: set[str] = set()  # failed, yet not blocking the cryptographic checks
+
+    def run(self) -> list[Check]:
+        try:
+            for name in CHECKS:
+                blocked = next((n for n in _NEEDS[name] if self._blocks(n, name)), None)
+                if blocked is not None:
+                    self.checks[name] = Check(
+                        name, False, f"skipped: {blocked} failed",
+                        f"fix the '{blocked}' check first",
+                    )
+                    if blocked in self.soft:
+                        self.soft.add(name)
+                    continue
+                self.checks[name] = getattr(self, f"_{name}")()
+        finally:
+            if self.data_key is not None:
+                _wipe(self.data_key)
+        return [self.checks[n] for n in CHECKS]
+
+    def _blocks(self, need: str, name: str) -> bool:
+        return not self.checks[need].ok and not (name in _CRYPTO and need in self.soft)
+
+    # --- the checks, in order ---------------------------------------------------------
+    def _arn(self) -> Check:
+        try:
+            self.arn = KeyArn.parse(self.key_arn)
+        except KmsMisconfigured:
+            return Check(
+                "arn", False, f"not a KMS key ARN: {self.key_arn[:200]!r}",
+                "give the full key ARN, arn:aws:kms:REGION:ACCOUNT:key/KEY_ID "
+                "(not a key id, alias or alias ARN)",
+            )
+        a = self.arn
+        return _ok("arn", f"key {a.key_id} of account {a.account} in {a.region}")
+
+    def _region(self) -> Check:
+        assert self.arn is not None
+        if self.arn.region != self.region:
+            return Check(
+                "region", False,
+                f"the key is in {self.arn.region}, the platform runs in {self.region}",
+                f"create the key in {self.region}: a KMS key cannot be used from another "
+                "Region",
+            )
+        return _ok("region", f"the key is in {self.region}, as the platform")
+
+    def _reachable(self) -> Check:
+        try:
+            self.description = d = self.kms.describe_key(self.key_arn)
+        except KeyRevoked as e:
+            if e.reason is RevocationReason.NOT_FOUND:
+                return Check(
+                    "reachable", False,
+                    "key does not exist or the provider is not allowed to see it",
+                    "check the ARN (account, Region, key id), that the key was not deleted, and "
+                    f"that the key policy allows kms:DescribeKey to {self.principal}",
+                )
+            if e.reason is RevocationReason.ACCESS_DENIED:
+                self.soft.add("reachable")
+                fix = f"allow kms:DescribeKey to {self.principal} in statement '{USE_STATEMENT}'"
+                if self.tenant:
+                    fix += ("; a kms:EncryptionContext:cmek:tenant condition on that statement "
+                            "also denies kms:DescribeKey, which carries no encryption context: "
+                            "allow kms:DescribeKey in a statement without that condition")
+                return Check(
+                    "reachable", False,
+                    "access denied: the provider may not call kms:DescribeKey on the key", fix,
+                )
+            return Check("reachable", False, f"DescribeKey refused: {e.message}",
+                         f"allow kms:DescribeKey to {self.principal} in statement "
+                         f"'{USE_STATEMENT}'")
+        except KmsUnavailable as e:
+            return Check("reachable", False, f"KMS unreachable: {e.message}",
+                         "retry in a few minutes; if it persists, contact the provider")
+        except KmsError as e:
+            return Check("reachable", False, f"DescribeKey failed: {e.message}",
+                         "the provider's KMS settings or credentials are wrong: contact the "
+                         "provider")
+        return _ok("reachable", f"DescribeKey: {d.key_state}, {d.key_spec}, {d.key_usage}, "
+                                f"origin {d.origin}")
+
+    def _key_spec(self) -> Check:
+        d = self._described()
+        if d.key_spec != KEY_SPEC:
+            return Check("key_spec", False, f"key spec is {d.key_spec}, not {KEY_SPEC}",
+                         f"create a new key with KeySpec {KEY_SPEC} (a key's spec cannot be "
+                         "changed)")
+        return _ok("key_spec", f"key spec {KEY_SPEC}")
+
+    def _key_usage(self) -> Check:
+        d = self._described()
+        if d.key_usage != KEY_USAGE:
+            return Check("key_usage", False, f"key usage is {d.key_usage}, not {KEY_USAGE}",
+                         f"create a new key with KeyUsage {KEY_USAGE} and KeySpec {KEY_SPEC} "
+                         "(a key's usage cannot be changed)")
+        return _ok("key_usage", f"key usage {KEY_USAGE}")
+
+    def _origin(self) -> Check:
+        d = self._described()
+        if d.origin != ORIGIN:
+            return Check("origin", False, f"key origin is {d.origin or 'unknown'}, not {ORIGIN}",
+                         f"create a new key with Origin {ORIGIN} (key material generated by "
+                         "KMS, not imported or in a custom key store)")
+        return _ok("origin", f"origin {ORIGIN}")
+
+    def _single_region(self) -> Check:
+        d = self._described()
+        if d.multi_region:
+            return Check("single_region", False, "the key is a multi-Region key",
+                         "create a single-Region key (MultiRegion false): multi-Region keys "
+                         "are not accepted")
+        return _ok("single_region", "single-Region key")
+
+    def _enabled(self) -> Check:
+        d = self._described()
+        if d.key_state == "Enabled":
+            return _ok("enabled", "key state Enabled")
+        detail = f"key state is {d.key_state}, not Enabled"
+        if d.key_state == "Disabled":
+            fix = f"EnableKey (aws kms enable-key --key-id {self.key_arn})"
+        elif d.key_state == "PendingDeletion":
+            detail += " (scheduled for deletion)"
+            fix = (f"CancelKeyDeletion then EnableKey (aws kms cancel-key-deletion --key-id "
+                   f"{self.key_arn}, then aws kms enable-key --key-id {self.key_arn})")
+        else:
+            fix = "bring the key to state Enabled, or create a new key"
+        return Check("enabled", False, detail, fix)
+
+    def _generate_data_key(self) -> Check:
+        try:
+            out = self.kms.generate_data_key(self.key_arn, self.context)
+        except KmsError as e:
+            return self._crypto_failure("generate_data_key", "kms:GenerateDataKey", e)
+        self.data_key, self.wrapped = out.plaintext, out.wrapped
+        return _ok("generate_data_key", f"GenerateDataKey with context {_ctx(self.context)}")
+
+    def _decrypt(self) -> Check:
+        assert self.wrapped is not None
+        assert self.data_key is not None
+        try:
+            out = self.kms.decrypt(self.key_arn, self.wrapped, self.context)
+        except KmsError as e:
+            return self._crypto_failure("decrypt", "kms:Decrypt", e)
+        try:
+            same = hmac.compare_digest(out.plaintext, self.data_key)
+        finally:
+            _wipe(out.plaintext)
+        if not same:
+            return Check("decrypt", False,
+                         "Decrypt returned a different data key than GenerateDataKey",
+                         "the key does not round-trip: contact AWS support or the provider")
+        return _ok("decrypt", "Decrypt of the generated data key returned the same key")
+
+    def _encrypt(self) -> Check:
+        try:
+            self.kms.encrypt(self.key_arn, PROBE, self.context)
+        except KmsError as e:
+            return self._crypto_failure("encrypt", "kms:Encrypt", e)
+        return _ok("encrypt", f"Encrypt with context {_ctx(self.context)}")
+
+    # --- helpers ----------------------------------------------------------------------
+    def _described(self) -> KeyDescription:
+        assert self.description is not None
+        return self.description
+
+    def _crypto_failure(self, name: str, permission: str, e: KmsError) -> Check:
+        if isinstance(e, KeyRevoked):
+            if e.reason is RevocationReason.ACCESS_DENIED:
+                fix = (f"allow {permission} to {self.principal} in statement "
+                       f"'{USE_STATEMENT}' and remove any Deny of {permission} that applies "
+                       "to it")
+                if self.tenant:
+                    fix += (f"; the usage statement may be restricted to another tenant via "
+                            f"kms:EncryptionContext:cmek:tenant: it must allow tenant "
+                            f"'{self.tenant}'")
+                return Check(name, False,
+                             f"access denied: the provider lacks {permission} on the key "
+                             f"(with context {_ctx(self.context)})", fix)
+            if e.reason is RevocationReason.DISABLED:
+                return Check(name, False, f"{permission} refused: the key is disabled",
+                             f"EnableKey (aws kms enable-key --key-id {self.key_arn})")
+            if e.reason is RevocationReason.PENDING_DELETION:
+                return Check(name, False,
+                             f"{permission} refused: the key is pending deletion",
+                             "CancelKeyDeletion then EnableKey")
+            if e.reason is RevocationReason.NOT_FOUND:
+                return Check(name, False, f"{permission} refused: the key no longer exists",
+                             "create a new key and verify it")
+            return Check(name, False, f"{permission} refused: {e.message}",
+                         f"allow {permission} to {self.principal} in statement "
+                         f"'{USE_STATEMENT}'")
+        if isinstance(e, KmsUnavailable):
+            return Check(name, False, f"KMS unreachable during {permission}: {e.message}",
+                         "retry in a few minutes; if it persists, contact the provider")
+        if isinstance(e, KmsInvalidCiphertext):
+            return Check(name, False,
+                         f"{permission}: the key could not decrypt the data key it generated",
+                         "the key does not round-trip: contact AWS support or the provider")
+        if e.kms_code == "InvalidKeyUsageException":
+            return Check(name, False, f"{permission} refused: {e.message}",
+                         f"create a new key with KeySpec {KEY_SPEC} and KeyUsage {KEY_USAGE}")
+        return Check(name, False, f"{permission} failed: {e.message}",
+                     "the provider's KMS settings or credentials are wrong: contact the "
+                     "provider")
+
+
+def verify_key(
+    kms: Kms, key_arn: str, *, region: str, tenant: str | None = None,
+    provider_account: str | None = None,
+) -> VerifyReport:
+    """Check, as the provider, that a customer's key is fit for a tenant, with fixes."""
+    checks = _Verifier(kms, key_arn, region, tenant, provider_account).run()
+    return VerifyReport(key_arn, tenant, checks)
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name, True, detail, "")
+
+
+def _ctx(context: Mapping[str, str]) -> str:
+    return json.dumps(dict(context), separators=(",", ":"), sort_keys=True)
+
+
+def _wipe(buf: bytearray) -> None:
+    buf[:] = bytes(len(buf))
