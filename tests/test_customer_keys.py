@@ -229,11 +229,15 @@ class Sabotaged:
         return self.inner.schedule_key_deletion(**kwargs)
 
 
+def sabotaged(inner: Any, **kwargs: bool) -> Any:
+    return Sabotaged(inner, **kwargs)
+
+
 def test_create_key_failing_put_key_policy_schedules_the_key_for_deletion(
     customer: Any,
 ) -> None:
     with pytest.raises(KeyCreateFailed) as info:
-        create_key(Sabotaged(customer, put_policy=True), PROVIDER_ACCOUNT, alias=alias_name())
+        create_key(sabotaged(customer, put_policy=True), PROVIDER_ACCOUNT, alias=alias_name())
     err = info.value
     assert (err.step, err.aws_code) == ("PutKeyPolicy", "NotFoundException")
     assert err.message.startswith("PutKeyPolicy failed: NotFoundException")
@@ -246,7 +250,7 @@ def test_create_key_failing_put_key_policy_schedules_the_key_for_deletion(
 
 def test_create_key_says_when_the_cleanup_failed_too(customer: Any) -> None:
     with pytest.raises(KeyCreateFailed) as info:
-        create_key(Sabotaged(customer, put_policy=True, deletion=True), PROVIDER_ACCOUNT)
+        create_key(sabotaged(customer, put_policy=True, deletion=True), PROVIDER_ACCOUNT)
     err = info.value
     assert err.step == "PutKeyPolicy"
     assert err.key_arn is not None

@@ -15,6 +15,7 @@ without the lifecycle engine.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections import Counter
@@ -428,9 +429,9 @@ class Keyring:
                 latest = conn.execute(sa.select(sa.func.max(data_keys.c.epoch)).where(
                     data_keys.c.tenant_id == tenant, data_keys.c.category == cat)).scalar()
             epoch = (latest or 0) + 1
+            context = encryption_context(tenant, cat, epoch)
             out = self._kms("GenerateDataKey", tenant, cat, epoch, key_arn,
-                            lambda: self.kms.generate_data_key(
-                                key_arn, encryption_context(tenant, cat, epoch)))
+                            functools.partial(self.kms.generate_data_key, key_arn, context))
             try:
                 with self.engine.begin() as conn:
                     if self._tenant_wrapping(conn, tenant) != (key_arn, stamp):
