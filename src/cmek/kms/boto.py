@@ -9,6 +9,7 @@ is treated as an unavailable one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,29 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
 
 T = TypeVar("T")
+
+
+class _RedactKmsPayloads(logging.Filter):
+    """botocore logs request and response bodies at DEBUG; for KMS those carry plaintext
+    data keys. A record that mentions one is replaced by a note, whatever the level."""
+
+    _MARKERS = ("Plaintext", "CiphertextBlob")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot even format is dropped, not leaked
+            return False
+        if any(marker in text for marker in self._MARKERS):
+            record.msg, record.args = "<KMS payload redacted by cmek>", ()
+        return True
+
+
+_REDACTOR = _RedactKmsPayloads()
+for _name in ("botocore.parsers", "botocore.endpoint", "botocore.awsrequest",
+              "botocore.httpsession", "botocore.hooks", "urllib3.connectionpool"):
+    if _REDACTOR not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_REDACTOR)
 
 _UNREACHABLE = (
     bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
