@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
 from tests.kmslocal_harness import (
     CUSTOMER,
@@ -39,6 +41,17 @@ AWS_VARS = (
     "CMEK_CONFORMANCE_AWS_REGION", "CMEK_CONFORMANCE_PROVIDER_PROFILE",
     "CMEK_CONFORMANCE_CUSTOMER_PROFILE",
 )
+
+
+def error_code(call: Callable[[], Any]) -> str:
+    """Run ``call``; it must raise a ClientError, whose AWS error code is returned."""
+    with pytest.raises(ClientError) as info:
+        call()
+    return str(info.value.response["Error"]["Code"])
+
+
+def alias_name() -> str:
+    return f"alias/conformance-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")

@@ -15,23 +15,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from botocore.exceptions import ClientError
 
-from tests.conftest import Target
+from tests.conftest import Target, alias_name, error_code
 
 T = TypeVar("T")
 DAY = dt.timedelta(days=1)
-
-
-def error_code(call: Callable[[], Any]) -> str:
-    """Run ``call``; it must raise a ClientError, whose AWS error code is returned."""
-    with pytest.raises(ClientError) as info:
-        call()
-    return str(info.value.response["Error"]["Code"])
-
-
-def alias_name() -> str:
-    return f"alias/conformance-{uuid.uuid4().hex[:12]}"
 
 
 def eventually(kms: Target, check: Callable[[], T], timeout: float = 180.0) -> T:

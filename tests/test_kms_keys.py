@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
 
-from tests.conftest import Target
+from tests.conftest import Target, alias_name, error_code
 from tests.kmslocal_harness import CUSTOMER
 
 T = TypeVar("T")
@@ -28,20 +27,9 @@ DAY = dt.timedelta(days=1)
 
 
 # --- helpers ----------------------------------------------------------------------------
-def error_code(call: Callable[[], Any]) -> str:
-    """Run ``call``; it must raise a ClientError, whose AWS error code is returned."""
-    with pytest.raises(ClientError) as info:
-        call()
-    return str(info.value.response["Error"]["Code"])
-
-
 def key_arn(kms: Target, key_id: str, account: str | None = None,
             region: str | None = None) -> str:
     return f"arn:aws:kms:{region or kms.region}:{account or kms.customer_account}:key/{key_id}"
-
-
-def alias_name() -> str:
-    return f"alias/conformance-{uuid.uuid4().hex[:12]}"
 
 
 def other_region(kms: Target) -> str:
