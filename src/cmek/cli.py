@@ -204,6 +204,14 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve ----------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    from cmek.platform.server import serve
+
+    return serve(config_file=Path(args.config) if args.config else None, host=args.host,
+                 port=args.port, dev=args.dev or None)
+
+
 # --- parser ---------------------------------------------------------------------------
 def _aws_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="KMS endpoint (default: AWS; or $CMEK_KMS_ENDPOINT_URL)")
@@ -258,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", default="24h", help="e.g. 30m, 24h, 7d (default 24h)")
     _aws_options(usage)
     usage.set_defaults(func=_usage)
+
+    serve = sub.add_parser("serve", help="run the platform (HTTP API)")
+    serve.add_argument("--config", help="TOML file (every setting also has a CMEK_* variable)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int, help="0 picks a free port")
+    serve.add_argument("--dev", action="store_true", help="dev mode: movable clock")
+    serve.set_defaults(func=_serve)
 
     audit = sub.add_parser("audit", help="verify or export a tenant's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

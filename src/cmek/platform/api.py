@@ -1,0 +1,243 @@
+"""The platform's HTTP API (JSON, documented by its OpenAPI schema and docs/api.md).
+
+Every refusal is ``{"error": <stable code>, "message": <one line>}``; no handler ever
+returns a stack trace. Responses that carry tenant data are marked non-cacheable.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from cmek.errors import CmekError
+from cmek.platform.service import (
+    Caller,
+    Forbidden,
+    KeyVerificationFailed,
+    Platform,
+    Unauthorized,
+)
+
+STATUS: dict[str, int] = {
+    "invalid_input": 400, "record_too_large": 400, "invalid_connection": 400,
+    "sql_not_read_only": 400, "warehouse_error": 400, "warehouse_auth_failed": 400,
+    "warehouse_unreachable": 502, "unauthorized": 401, "forbidden": 403,
+    "not_found": 404, "unknown_tenant": 404, "object_not_found": 404,
+    "unknown_category": 400, "conflict": 409, "tenant_exists": 409,
+    "key_verification_failed": 422, "body_too_large": 413,
+    "tenant_key_unavailable": 423, "tenant_store_closed": 423,
+    "kms_unavailable": 503, "object_store_unavailable": 503,
+}
+
+TenantId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+ObjectId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+Kind = Annotated[str, Path(pattern=r"^(tables|models|liveboards|answers)$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TenantCreate(Strict):
+    tenant_id: str = Field(min_length=1, max_length=64)
+    kms_key_arn: str = Field(min_length=1, max_length=256)
+    admin_email: str = Field(min_length=3, max_length=320)
+    admin_password: str = Field(min_length=8, max_length=256)
+
+
+class Login(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class UserCreate(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=8, max_length=256)
+    role: str = Field(pattern=r"^(admin|analyst)$")
+
+
+class ConnectionPut(Strict):
+    type: str = Field(pattern=r"^(duckdb|postgres)$")
+    config: dict[str, Any]
+    credentials: dict[str, Any] = Field(default_factory=dict)
+
+
+class QueryIn(Strict):
+    sql: str = Field(min_length=1, max_length=100_000)
+
+
+def error(code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra},
+                        status_code=STATUS.get(code, 400),
+                        headers={"Cache-Control": "no-store"})
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None)
+    settings = platform.settings
+
+    @app.exception_handler(CmekError)
+    async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
+        if isinstance(exc, KeyVerificationFailed):
+            return error(exc.code, exc.message, findings=exc.findings)
+        return error(exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error("invalid_input", f"{where or 'request'}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error("internal_error", "the request failed; the error was logged")
+
+    @app.middleware("http")
+    async def _limits(request: Request,
+                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return error("body_too_large",
+                         f"request bodies are limited to {settings.max_body_bytes} bytes")
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    def bearer(authorization: str | None) -> str:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("send Authorization: Bearer <token>")
+        return authorization.removeprefix("Bearer ").strip()
+
+    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
+        expected = settings.operator_token
+        token = bearer(authorization)
+        if expected is None or not hmac.compare_digest(
+            token.encode(), expected.get_secret_value().encode()
+        ):
+            raise Unauthorized("not the operator token")
+
+    async def caller(tenant: TenantId,
+                     authorization: Annotated[str | None, Header()] = None) -> Caller:
+        return await run_in_threadpool(platform.authenticate, bearer(authorization), tenant)
+
+    Op = Annotated[None, Depends(operator)]
+    Me = Annotated[Caller, Depends(caller)]
+
+    call = run_in_threadpool  # handlers do blocking work (SQL, KMS) off the event loop
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # --- operator -------------------------------------------------------------------------
+    @app.post("/v1/tenants", status_code=201)
+    async def create_tenant(body: TenantCreate, _: Op) -> dict[str, Any]:
+        return await call(platform.provision, body.tenant_id, body.kms_key_arn,
+                          body.admin_email, body.admin_password)
+
+    @app.get("/v1/tenants")
+    async def list_tenants(_: Op) -> dict[str, Any]:
+        ids = await call(platform.tenant_ids)
+        return {"tenants": [await call(platform.tenant_view, t) for t in ids]}
+
+    @app.get("/v1/tenants/{tenant}")
+    async def get_tenant(tenant: TenantId, _: Op) -> dict[str, Any]:
+        return await call(platform.tenant_view, tenant)
+
+    # --- sessions and tokens --------------------------------------------------------------
+    @app.post("/v1/tenants/{tenant}/sessions", status_code=201)
+    async def login(tenant: TenantId, body: Login) -> dict[str, Any]:
+        token, expires = await call(platform.login, tenant, body.email, body.password)
+        return {"token": token, "expires_at": expires}
+
+    @app.delete("/v1/tenants/{tenant}/sessions", status_code=204)
+    async def logout(me: Me) -> Response:
+        await call(platform.logout, me)
+        return Response(status_code=204)
+
+    @app.post("/v1/tenants/{tenant}/api-tokens", status_code=201)
+    async def api_token(me: Me) -> dict[str, Any]:
+        token, _ = await call(platform.api_token, me)
+        return {"token": token, "expires_at": None}
+
+    # --- users ----------------------------------------------------------------------------
+    @app.post("/v1/tenants/{tenant}/users", status_code=201)
+    async def add_user(body: UserCreate, me: Me) -> dict[str, Any]:
+        return await call(platform.add_user, me, body.email, body.password, body.role)
+
+    @app.get("/v1/tenants/{tenant}/users")
+    async def users(me: Me) -> dict[str, Any]:
+        return {"users": await call(platform.users, me)}
+
+    # --- metadata -------------------------------------------------------------------------
+    @app.put("/v1/tenants/{tenant}/objects/{kind}/{object_id}")
+    async def put_object(kind: Kind, object_id: ObjectId, body: dict[str, Any],
+                         me: Me) -> dict[str, Any]:
+        stored = await call(platform.put_object, me, kind, object_id, body)
+        return {"kind": kind, "id": object_id, "version": stored.version,
+                "updated_at": stored.updated_at, "body": stored.body}
+
+    @app.get("/v1/tenants/{tenant}/objects/{kind}/{object_id}")
+    async def get_object(kind: Kind, object_id: ObjectId, me: Me) -> dict[str, Any]:
+        stored = await call(platform.store(me.tenant_id).get_object, kind, object_id)
+        return {"kind": kind, "id": object_id, "version": stored.version,
+                "updated_at": stored.updated_at, "body": stored.body}
+
+    @app.delete("/v1/tenants/{tenant}/objects/{kind}/{object_id}", status_code=204)
+    async def delete_object(kind: Kind, object_id: ObjectId, me: Me) -> Response:
+        await call(platform.delete_object, me, kind, object_id)
+        return Response(status_code=204)
+
+    @app.get("/v1/tenants/{tenant}/objects/{kind}")
+    async def list_objects(kind: Kind, me: Me) -> dict[str, Any]:
+        objs = await call(platform.store(me.tenant_id).list_objects, kind)
+        return {"objects": [{"id": o.object_id, "version": o.version,
+                             "updated_at": o.updated_at,
+                             "title": o.body.get("title", o.object_id)} for o in objs]}
+
+    @app.get("/v1/tenants/{tenant}/search")
+    async def search(me: Me, q: Annotated[str, Query(min_length=1, max_length=512)],
+                     limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+        return {"hits": await call(platform.search, me, q, limit)}
+
+    # --- connections ----------------------------------------------------------------------
+    @app.put("/v1/tenants/{tenant}/connections/{name}")
+    async def put_connection(name: ObjectId, body: ConnectionPut, me: Me) -> dict[str, Any]:
+        await call(platform.put_connection, me, name, body.type, body.config,
+                   body.credentials)
+        return await call(platform.connection_view, me, name)
+
+    @app.get("/v1/tenants/{tenant}/connections/{name}")
+    async def get_connection(name: ObjectId, me: Me) -> dict[str, Any]:
+        return await call(platform.connection_view, me, name)
+
+    @app.get("/v1/tenants/{tenant}/connections")
+    async def list_connections(me: Me) -> dict[str, Any]:
+        return {"connections": await call(platform.store(me.tenant_id).list_connections)}
+
+    @app.delete("/v1/tenants/{tenant}/connections/{name}", status_code=204)
+    async def delete_connection(name: ObjectId, me: Me) -> Response:
+        if me.role != "admin":
+            raise Forbidden("this needs the admin role")
+        await call(platform.store(me.tenant_id).delete_connection, name)
+        return Response(status_code=204)
+
+    @app.post("/v1/tenants/{tenant}/connections/{name}/query")
+    async def query(name: ObjectId, body: QueryIn, me: Me) -> dict[str, Any]:
+        return await call(platform.query, me, name, body.sql)
+
+    # --- activity -------------------------------------------------------------------------
+    @app.get("/v1/tenants/{tenant}/activity")
+    async def activity(me: Me, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                       ) -> dict[str, Any]:
+        return {"activity": await call(platform.store(me.tenant_id).activity, limit)}
+
+    return app

@@ -1,0 +1,112 @@
+"""The control plane: which tenants exist, with which key, and who holds a live token.
+
+Tokens (sessions and API tokens) are stored only as SHA-256 hashes: they are 256-bit
+random values, so a fast hash is enough, and a database reader learns nothing usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+tenants = sa.Table(
+    "platform_tenants", metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("key_arn", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tokens = sa.Table(
+    "platform_tokens", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
+    sa.Column("user_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # session | api
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),  # None: until revoked (API tokens)
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    tenant_id: str
+    user_id: str
+    kind: str
+    expires_at: float | None
+
+
+class ControlPlane:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    # --- tenants --------------------------------------------------------------------------
+    def add_tenant(self, tenant_id: str, key_arn: str, now: float) -> bool:
+        """False when the tenant id is taken (ids stay reserved, even after destruction)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(tenants.insert().values(tenant_id=tenant_id, key_arn=key_arn,
+                                                     created_at=now))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def tenant(self, tenant_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(tenants).order_by(tenants.c.tenant_id))]
+
+    # --- tokens ---------------------------------------------------------------------------
+    def issue(self, tenant_id: str, user_id: str, kind: str, now: float,
+              ttl: float | None) -> tuple[str, float | None]:
+        token = new_token("cms" if kind == "session" else "cma")
+        expires = None if ttl is None else now + ttl
+        with self.engine.begin() as conn:
+            conn.execute(tokens.insert().values(
+                token_hash=token_hash(token), tenant_id=tenant_id, user_id=user_id, kind=kind,
+                created_at=now, expires_at=expires))
+        return token, expires
+
+    def resolve(self, token: str, now: float) -> TokenInfo | None:
+        digest = token_hash(token)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.expires_at)
+
+    def revoke(self, token: str, now: float) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(tokens.update().where(
+                tokens.c.token_hash == token_hash(token), tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)).rowcount)
+
+    def revoke_tenant(self, tenant_id: str, now: float) -> int:
+        """End every session and API token of a tenant at once."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(tokens.update().where(
+                tokens.c.tenant_id == tenant_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)).rowcount)

@@ -1,0 +1,316 @@
+"""The platform's services, composed once per process: control plane, keyring, audit,
+object store, and each tenant's stores and search index.
+
+HTTP handlers (``cmek.platform.api``) call these methods and nothing below them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from cmek.audit import AuditTrail
+from cmek.clock import Clock
+from cmek.customer.keys import verify_key
+from cmek.db import create_engine
+from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
+from cmek.keyring import Keyring, validate_tenant_id
+from cmek.kms import BotoKms, Kms, KmsSettings
+from cmek.platform import connectors
+from cmek.platform.config import Settings
+from cmek.platform.control import ControlPlane, TokenInfo
+from cmek.stores.objects import ObjectNotFound, ObjectStore, open_object_store
+from cmek.stores.search import SearchIndex
+from cmek.stores.tenant import OBJECT_KINDS, StoredObject, TenantStore
+
+SESSION_TTL = 8 * 3600.0
+ROLES = ("admin", "analyst")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+class KeyVerificationFailed(CmekError):
+    code = "key_verification_failed"
+
+    def __init__(self, findings: list[dict[str, str]]) -> None:
+        super().__init__("the key did not pass verification")
+        self.findings = findings
+
+
+class Unauthorized(CmekError):
+    code = "unauthorized"
+
+
+class Forbidden(CmekError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    user_id: str
+    role: str
+    kind: str  # session | api
+    token: str
+
+
+def validate_email(email: str) -> str:
+    if not isinstance(email, str) or not _EMAIL.match(email):
+        raise InvalidInput("email must look like name@domain")
+    return email
+
+
+def validate_password(password: str) -> str:
+    if not isinstance(password, str) or not 8 <= len(password) <= 256:
+        raise InvalidInput("password must be 8 to 256 characters")
+    return password
+
+
+class Platform:
+    def __init__(self, settings: Settings, clock: Clock, kms: Kms | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.engine = create_engine(settings.database_url)
+        self.control = ControlPlane(self.engine)
+        self.audit = AuditTrail(self.engine, clock)
+        self.kms: Kms = kms or BotoKms(KmsSettings(
+            region=settings.kms_region, endpoint_url=settings.kms_endpoint_url))
+        self.keyring = Keyring(self.kms, self.engine, clock, self.audit,
+                               ttl=settings.data_key_ttl,
+                               refresh_ahead=min(30.0, settings.data_key_ttl / 2))
+        self.objects: ObjectStore = open_object_store(
+            settings.object_store, s3_endpoint_url=settings.s3_endpoint_url)
+        self.hasher = PasswordHasher()
+        self._stores: dict[str, TenantStore] = {}
+        self._indexes: dict[str, SearchIndex] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for store in list(self._stores.values()):
+            store.close()
+        self.engine.dispose()
+
+    # --- tenants --------------------------------------------------------------------------
+    def provision(self, tenant_id: str, key_arn: str, admin_email: str,
+                  admin_password: str) -> dict[str, Any]:
+        validate_tenant_id(tenant_id)
+        validate_email(admin_email)
+        validate_password(admin_password)
+        if self.control.tenant(tenant_id) is not None:
+            raise TenantExists(f"tenant {tenant_id} already exists")
+        report = verify_key(self.kms, key_arn, region=self.settings.kms_region, tenant=tenant_id)
+        if not report.ok:
+            raise KeyVerificationFailed(report.findings())
+        if not self.control.add_tenant(tenant_id, key_arn, self.clock.now()):
+            raise TenantExists(f"tenant {tenant_id} already exists")
+        self.keyring.register_tenant(tenant_id, key_arn)
+        store = self.store(tenant_id)
+        admin = store.create_user(admin_email, self.hasher.hash(admin_password), "admin")
+        store.log("tenant_provisioned", "operator", {"admin_user": admin["user_id"]})
+        return self.tenant_view(tenant_id)
+
+    def tenant_view(self, tenant_id: str) -> dict[str, Any]:
+        row = self.control.tenant(tenant_id)
+        if row is None:
+            raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+        return {"tenant_id": row["tenant_id"], "kms_key_arn": row["key_arn"],
+                "created_at": row["created_at"]}
+
+    def tenant_ids(self) -> list[str]:
+        return [t["tenant_id"] for t in self.control.list_tenants()]
+
+    def tenant_engine(self, tenant_id: str) -> sa.Engine:
+        """Each tenant its own database: a SQLite file in its own folder."""
+        folder = Path(self.settings.data_dir) / "tenants" / tenant_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return create_engine(f"sqlite:///{folder / 'tenant.sqlite3'}")
+
+    def store(self, tenant_id: str) -> TenantStore:
+        with self._lock:
+            store = self._stores.get(tenant_id)
+            if store is None:
+                if self.control.tenant(tenant_id) is None:
+                    raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+                store = TenantStore(tenant_id, self.keyring, self.tenant_engine(tenant_id),
+                                    self.clock)
+                self._stores[tenant_id] = store
+            return store
+
+    # --- authentication -------------------------------------------------------------------
+    def login(self, tenant_id: str, email: str, password: str) -> tuple[str, float | None]:
+        store = self.store(tenant_id)
+        user = store.find_user(email) if isinstance(email, str) else None
+        try:
+            if user is None:
+                self.hasher.verify(_DUMMY_HASH, password)  # same work whether or not found
+                raise VerifyMismatchError
+            self.hasher.verify(user["password_hash"], password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            store.log("login_failed", "anonymous", {})
+            raise Unauthorized("wrong email or password") from None
+        store.log("login", user["user_id"], {})
+        return self.control.issue(tenant_id, user["user_id"], "session", self.clock.now(),
+                                  SESSION_TTL)
+
+    def api_token(self, caller: Caller) -> tuple[str, float | None]:
+        self.store(caller.tenant_id).log("api_token_created", caller.user_id, {})
+        return self.control.issue(caller.tenant_id, caller.user_id, "api", self.clock.now(), None)
+
+    def authenticate(self, token: str, tenant_id: str) -> Caller:
+        info: TokenInfo | None = self.control.resolve(token, self.clock.now())
+        if info is None:
+            raise Unauthorized("missing, expired or revoked token")
+        if info.tenant_id != tenant_id:
+            raise Forbidden("this token belongs to another tenant")
+        user = self.store(tenant_id).get_user(info.user_id)
+        return Caller(tenant_id, info.user_id, str(user["role"]), info.kind, token)
+
+    def logout(self, caller: Caller) -> None:
+        self.control.revoke(caller.token, self.clock.now())
+        self.store(caller.tenant_id).log("logout", caller.user_id, {})
+
+    # --- users ----------------------------------------------------------------------------
+    def add_user(self, caller: Caller, email: str, password: str, role: str) -> dict[str, Any]:
+        require_admin(caller)
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+        store = self.store(caller.tenant_id)
+        user = store.create_user(validate_email(email),
+                                 self.hasher.hash(validate_password(password)), role)
+        store.log("user_created", caller.user_id, {"user_id": user["user_id"]})
+        return user_view(user)
+
+    def users(self, caller: Caller) -> list[dict[str, Any]]:
+        return [user_view(u) for u in self.store(caller.tenant_id).list_users()]
+
+    # --- metadata and search --------------------------------------------------------------
+    def put_object(self, caller: Caller, kind: str, object_id: str,
+                   body: dict[str, Any]) -> StoredObject:
+        store = self.store(caller.tenant_id)
+        stored = store.put_object(kind, object_id, body)
+        store.log("object_saved", caller.user_id, {"kind": kind, "object_id": object_id})
+        index = self.search_index(caller.tenant_id)
+        index.upsert(f"{kind}/{object_id}", kind, _title(body, object_id), _texts(body))
+        self._save_index(caller.tenant_id, index)
+        return stored
+
+    def delete_object(self, caller: Caller, kind: str, object_id: str) -> None:
+        store = self.store(caller.tenant_id)
+        store.delete_object(kind, object_id)
+        store.log("object_deleted", caller.user_id, {"kind": kind, "object_id": object_id})
+        index = self.search_index(caller.tenant_id)
+        if index.remove(f"{kind}/{object_id}"):
+            self._save_index(caller.tenant_id, index)
+
+    def search_index(self, tenant_id: str) -> SearchIndex:
+        """The tenant's index: in memory while the key is usable, at rest only sealed."""
+        with self._lock:
+            index = self._indexes.get(tenant_id)
+        if index is not None:
+            return index
+        key = f"tenants/{tenant_id}/index/search"
+        try:
+            sealed = self.objects.get(key)
+        except ObjectNotFound:
+            index = self.rebuild_index(tenant_id)
+        else:
+            index = SearchIndex.from_bytes(
+                self.keyring.open(tenant_id, "search_index", "index/search", sealed))
+        with self._lock:
+            self._indexes[tenant_id] = index
+        return index
+
+    def rebuild_index(self, tenant_id: str) -> SearchIndex:
+        index = SearchIndex()
+        for obj in self.store(tenant_id).list_objects():
+            index.upsert(f"{obj.kind}/{obj.object_id}", obj.kind, _title(obj.body, obj.object_id),
+                         _texts(obj.body))
+        self._save_index(tenant_id, index)
+        return index
+
+    def _save_index(self, tenant_id: str, index: SearchIndex) -> None:
+        self.objects.put(f"tenants/{tenant_id}/index/search", self.keyring.seal(
+            tenant_id, "search_index", "index/search", index.to_bytes()))
+
+    def search(self, caller: Caller, query: str, limit: int) -> list[dict[str, Any]]:
+        hits = self.search_index(caller.tenant_id).search(query, limit=limit)
+        self.store(caller.tenant_id).log("search", caller.user_id, {"q": query})
+        return [{"kind": h.kind, "id": h.doc_id.split("/", 1)[1], "title": h.title,
+                 "score": round(h.score, 4)} for h in hits]
+
+    # --- connections ----------------------------------------------------------------------
+    def put_connection(self, caller: Caller, name: str, kind: str, config: dict[str, Any],
+                       credentials: dict[str, Any]) -> None:
+        require_admin(caller)
+        connectors.validate_connection(kind, config, credentials)
+        store = self.store(caller.tenant_id)
+        store.put_connection(name, kind, config, credentials)
+        store.log("connection_saved", caller.user_id, {"name": name})
+
+    def connection_view(self, caller: Caller, name: str) -> dict[str, Any]:
+        conn = self.store(caller.tenant_id).get_connection(name)
+        return {"name": name, "type": conn["type"], "config": conn["config"]}
+
+    def query(self, caller: Caller, name: str, sql: str) -> dict[str, Any]:
+        store = self.store(caller.tenant_id)
+        conn = store.get_connection(name)
+        result = connectors.run_query(conn["type"], conn["config"], conn["credentials"], sql)
+        payload = result.to_json()
+        result_id = _result_id(name, sql)
+        self.objects.put(f"tenants/{caller.tenant_id}/results/{result_id}", self.keyring.seal(
+            caller.tenant_id, "warehouse_data", f"result/{result_id}",
+            json.dumps(payload).encode()))
+        store.log("query", caller.user_id, {"connection": name, "sql": sql})
+        return {**payload, "result_id": result_id}
+
+    def cached_result(self, tenant_id: str, result_id: str) -> dict[str, Any]:
+        sealed = self.objects.get(f"tenants/{tenant_id}/results/{result_id}")
+        return dict(json.loads(self.keyring.open(tenant_id, "warehouse_data",
+                                                 f"result/{result_id}", sealed)))
+
+
+def _result_id(connection: str, sql: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{connection}\n{sql}".encode()).hexdigest()[:32]
+
+
+def require_admin(caller: Caller) -> None:
+    if caller.role != "admin":
+        raise Forbidden("this needs the admin role")
+
+
+def user_view(user: dict[str, Any]) -> dict[str, Any]:
+    return {"user_id": user["user_id"], "email": user["email"], "role": user["role"],
+            "created_at": user["created_at"]}
+
+
+def _title(body: dict[str, Any], fallback: str) -> str:
+    title = body.get("title")
+    return title if isinstance(title, str) and title else fallback
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+    description = body.get("description")
+    if isinstance(description, str):
+        texts.append(description)
+    for column in body.get("columns", []) if isinstance(body.get("columns"), list) else []:
+        if isinstance(column, str):
+            texts.append(column)
+        elif isinstance(column, dict) and isinstance(column.get("name"), str):
+            texts.append(column["name"])
+    return texts
+
+
+_DUMMY_HASH = PasswordHasher().hash("not a real password: equalizes login timing")
+
+__all__ = ["OBJECT_KINDS", "Caller", "Platform"]

@@ -1,0 +1,117 @@
+"""Start and stop a real `cmek serve` process for tests, with kmslocal as its KMS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
+
+OPERATOR_TOKEN = "test-operator-token-0123456789"
+EVENT_SECRET = "test-event-secret-0123456789"
+PROVIDER_ACCOUNT = "111111111111"
+CUSTOMER_ROOT = "arn:aws:iam::222222222222:root"
+
+
+def provider_policy(provider_account: str = PROVIDER_ACCOUNT) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+         "Principal": {"AWS": CUSTOMER_ROOT}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Allow use of the key", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{provider_account}:root"},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+         "Resource": "*"},
+    ]})
+
+
+def customer_key(kms: KmsLocal, policy: str | None = None) -> str:
+    client = kms.client(CUSTOMER)
+    return str(client.create_key(Policy=policy or provider_policy())["KeyMetadata"]["Arn"])
+
+
+@dataclass
+class PlatformProcess:
+    data_dir: Path
+    kms: KmsLocal
+    extra_env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", ""), "HOME": str(self.data_dir),
+            "PYTHONUNBUFFERED": "1", "CMEK_DATA_DIR": str(self.data_dir),
+            "CMEK_KMS_ENDPOINT_URL": self.kms.url, "CMEK_KMS_REGION": REGION,
+            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
+            "AWS_ACCESS_KEY_ID": PROVIDER[1], "AWS_SECRET_ACCESS_KEY": PROVIDER[2],
+            "AWS_EC2_METADATA_DISABLED": "true", **self.extra_env,
+        }
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cmek.cli", "serve", "--port", "0", "--dev"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env(),
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith("cmek listening on "):
+                self.url = line.split()[-1]
+                break
+        else:
+            raise RuntimeError("cmek serve did not start:\n" + "".join(self.output))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, trust_env=False)
+
+    def operator(self) -> httpx.Client:
+        return self.client(OPERATOR_TOKEN)
+
+    def provision(self, tenant: str, key_arn: str, email: str = "admin@example.com",
+                  password: str = "correct horse battery") -> dict[str, Any]:
+        with self.operator() as op:
+            r = op.post("/v1/tenants", json={"tenant_id": tenant, "kms_key_arn": key_arn,
+                                              "admin_email": email, "admin_password": password})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def login(self, tenant: str, email: str = "admin@example.com",
+              password: str = "correct horse battery") -> str:
+        with self.client() as c:
+            r = c.post(f"/v1/tenants/{tenant}/sessions", json={"email": email,
+                                                               "password": password})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+
+def kms_client(kms: KmsLocal) -> Any:
+    return boto3.client("kms", endpoint_url=kms.url, region_name=REGION,
+                        aws_access_key_id=CUSTOMER[1], aws_secret_access_key=CUSTOMER[2])
