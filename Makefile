@@ -25,7 +25,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 run: $(STAMP)
-	$(BIN)/kmslocal serve --dev --data-dir .run/kmslocal
+	$(BIN)/python -m cmek.platform.devrun
 
 bench: $(STAMP)
 	$(BIN)/python bench/kms_latency.py

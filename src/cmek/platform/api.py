@@ -6,8 +6,11 @@ returns a stack trace. Responses that carry tenant data are marked non-cacheable
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
@@ -25,6 +28,9 @@ from cmek.platform.service import (
     Unauthorized,
 )
 
+log = logging.getLogger("cmek.platform")
+JOB_TICK_SECONDS = 1.0
+
 STATUS: dict[str, int] = {
     "invalid_input": 400, "record_too_large": 400, "invalid_connection": 400,
     "sql_not_read_only": 400, "warehouse_error": 400, "warehouse_auth_failed": 400,
@@ -32,7 +38,7 @@ STATUS: dict[str, int] = {
     "not_found": 404, "unknown_tenant": 404, "object_not_found": 404,
     "unknown_category": 400, "conflict": 409, "tenant_exists": 409,
     "key_verification_failed": 422, "body_too_large": 413,
-    "tenant_key_unavailable": 423, "tenant_store_closed": 423,
+    "tenant_key_unavailable": 423, "tenant_store_closed": 423, "backup_invalid": 422,
     "kms_unavailable": 503, "object_store_unavailable": 503,
 }
 
@@ -73,6 +79,17 @@ class QueryIn(Strict):
     sql: str = Field(min_length=1, max_length=100_000)
 
 
+class ScheduleIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    connection: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    sql: str = Field(min_length=1, max_length=100_000)
+    every_seconds: float = Field(ge=1, le=366 * 86400)
+
+
+class ClockIn(Strict):
+    advance_seconds: float = Field(ge=0)
+
+
 def error(code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra},
                         status_code=STATUS.get(code, 400),
@@ -80,8 +97,28 @@ def error(code: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def create_app(platform: Platform) -> FastAPI:
-    app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None)
     settings = platform.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def jobs() -> None:
+            while True:  # scheduled reports and indexing, each on the injected clock
+                try:
+                    await run_in_threadpool(platform.run_due_jobs)
+                except Exception:
+                    log.exception("job runner failed; retrying")
+                await asyncio.sleep(JOB_TICK_SECONDS)
+
+        task = asyncio.create_task(jobs())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
 
     @app.exception_handler(CmekError)
     async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
@@ -97,6 +134,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s in a request", type(exc).__name__)
         return error("internal_error", "the request failed; the error was logged")
 
     @app.middleware("http")
@@ -234,10 +272,67 @@ def create_app(platform: Platform) -> FastAPI:
     async def query(name: ObjectId, body: QueryIn, me: Me) -> dict[str, Any]:
         return await call(platform.query, me, name, body.sql)
 
+    # --- auth configuration ---------------------------------------------------------------
+    @app.put("/v1/tenants/{tenant}/auth/sso")
+    async def put_sso(body: dict[str, Any], me: Me) -> dict[str, Any]:
+        return await call(platform.put_sso, me, body)
+
+    @app.get("/v1/tenants/{tenant}/auth/sso")
+    async def get_sso(me: Me) -> dict[str, Any]:
+        return await call(platform.sso_view, me)
+
+    # --- backups --------------------------------------------------------------------------
+    @app.post("/v1/tenants/{tenant}/backups", status_code=201)
+    async def create_backup(me: Me) -> dict[str, Any]:
+        if me.role != "admin":
+            raise Forbidden("this needs the admin role")
+        return (await call(platform.backup, me.tenant_id, me.user_id)).to_json()
+
+    @app.get("/v1/tenants/{tenant}/backups")
+    async def list_backups(me: Me) -> dict[str, Any]:
+        return {"backups": [b.to_json() for b in await call(platform.backups, me.tenant_id)]}
+
+    @app.post("/v1/tenants/{tenant}/backups/{backup_id}/restore")
+    async def restore(tenant: TenantId, backup_id: ObjectId, _: Op) -> dict[str, Any]:
+        return await call(platform.restore, tenant, backup_id)
+
+    # --- schedules ------------------------------------------------------------------------
+    @app.post("/v1/tenants/{tenant}/schedules", status_code=201)
+    async def create_schedule(body: ScheduleIn, me: Me) -> dict[str, Any]:
+        return await call(platform.create_schedule, me, body.name, body.connection, body.sql,
+                          body.every_seconds)
+
+    @app.get("/v1/tenants/{tenant}/schedules")
+    async def list_schedules(me: Me) -> dict[str, Any]:
+        return {"schedules": await call(platform.store(me.tenant_id).list_schedules)}
+
+    @app.get("/v1/tenants/{tenant}/schedules/{schedule_id}/runs")
+    async def list_runs(schedule_id: ObjectId, me: Me) -> dict[str, Any]:
+        store = platform.store(me.tenant_id)
+        await call(store.get_schedule, schedule_id)
+        return {"runs": await call(store.list_runs, schedule_id)}
+
     # --- activity -------------------------------------------------------------------------
     @app.get("/v1/tenants/{tenant}/activity")
     async def activity(me: Me, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                        ) -> dict[str, Any]:
         return {"activity": await call(platform.store(me.tenant_id).activity, limit)}
+
+    if settings.dev:
+        @app.get("/_dev/clock")
+        async def dev_clock() -> dict[str, float]:
+            return {"now": platform.clock.now()}
+
+        @app.post("/_dev/clock")
+        async def dev_clock_advance(body: ClockIn) -> dict[str, float]:
+            advance = getattr(platform.clock, "advance", None)
+            if advance is None:
+                raise CmekError("this clock cannot be moved")
+            advance(body.advance_seconds)
+            return {"now": platform.clock.now()}
+
+        @app.post("/_dev/jobs/run")
+        async def dev_run_jobs() -> dict[str, int]:
+            return {"ran": await call(platform.run_due_jobs)}
 
     return app

@@ -27,6 +27,7 @@ from cmek.kms import BotoKms, Kms, KmsSettings
 from cmek.platform import connectors
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, TokenInfo
+from cmek.stores.backup import BackupInfo, create_backup, list_backups, restore_backup
 from cmek.stores.objects import ObjectNotFound, ObjectStore, open_object_store
 from cmek.stores.search import SearchIndex
 from cmek.stores.tenant import OBJECT_KINDS, StoredObject, TenantStore
@@ -275,6 +276,128 @@ class Platform:
         sealed = self.objects.get(f"tenants/{tenant_id}/results/{result_id}")
         return dict(json.loads(self.keyring.open(tenant_id, "warehouse_data",
                                                  f"result/{result_id}", sealed)))
+
+
+    # --- schedules and jobs ----------------------------------------------------------------
+    def create_schedule(self, caller: Caller, name: str, connection: str, sql: str,
+                        every_seconds: float) -> dict[str, Any]:
+        store = self.store(caller.tenant_id)
+        store.get_connection(connection)  # NotFound before anything is stored
+        schedule = store.create_schedule(name, connection, sql, every_seconds)
+        store.log("schedule_created", caller.user_id, {"schedule_id": schedule["schedule_id"]})
+        return schedule
+
+    def run_due_jobs(self) -> int:
+        """Run every due schedule and backup of every tenant once; returns how many ran."""
+        count = self.run_due_backups()
+        for tenant_id in self.tenant_ids():
+            store = self.store(tenant_id)
+            try:
+                due = store.due_schedule_ids(self.clock.now())
+            except CmekError:
+                continue
+            for schedule_id in due:
+                self._run_schedule(store, schedule_id)
+                count += 1
+        return count
+
+    def _run_schedule(self, store: TenantStore, schedule_id: str) -> None:
+        started = self.clock.now()
+        try:
+            spec = store.get_schedule(schedule_id)
+            conn = store.get_connection(spec["connection"])
+            result = connectors.run_query(conn["type"], conn["config"], conn["credentials"],
+                                          spec["sql"])
+            key = f"tenants/{store.tenant}/results/run-{schedule_id}-{int(started)}"
+            self.objects.put(key, self.keyring.seal(store.tenant, "warehouse_data",
+                                                    key.split("/", 2)[2],
+                                                    json.dumps(result.to_json()).encode()))
+            store.record_run(schedule_id, started, "succeeded", None, key,
+                             {"rows": len(result.rows)})
+        except CmekError as e:
+            store.record_run(schedule_id, started, "failed", e.code, None, None)
+
+
+    # --- auth configuration ---------------------------------------------------------------
+    def put_sso(self, caller: Caller, config: dict[str, Any]) -> dict[str, Any]:
+        require_admin(caller)
+        store = self.store(caller.tenant_id)
+        store.put_setting("sso", validate_sso(config))
+        store.log("sso_saved", caller.user_id, {"type": config["type"]})
+        return self.sso_view(caller)
+
+    def sso_view(self, caller: Caller) -> dict[str, Any]:
+        config = self.store(caller.tenant_id).get_setting("sso")
+        if config is None:
+            return {"configured": False}
+        view = {k: v for k, v in config.items() if k != "client_secret"}
+        if config["type"] == "oidc":
+            view["client_secret_set"] = True
+        return {"configured": True, **view}
+
+    # --- backups --------------------------------------------------------------------------
+    def backup(self, tenant_id: str, actor: str) -> BackupInfo:
+        store = self.store(tenant_id)
+        info = create_backup(store, self.objects)
+        store.log("backup_created", actor, {"backup_id": info.backup_id})
+        return info
+
+    def backups(self, tenant_id: str) -> list[BackupInfo]:
+        self.store(tenant_id)  # UnknownTenant first
+        return list_backups(tenant_id, self.objects)
+
+    def restore(self, tenant_id: str, backup_id: str) -> dict[str, Any]:
+        store = self.store(tenant_id)
+        report = restore_backup(store, self.objects, backup_id)
+        with self._lock:
+            self._indexes.pop(tenant_id, None)
+        store.log("backup_restored", "operator", {"backup_id": backup_id})
+        return {"backup_id": backup_id, **report}
+
+    def run_due_backups(self) -> int:
+        interval = self.settings.backup_interval
+        if interval <= 0:
+            return 0
+        made = 0
+        for tenant_id in self.tenant_ids():
+            latest = max((b.created_at for b in self.backups(tenant_id)), default=0.0)
+            if self.clock.now() - latest >= interval:
+                try:
+                    self.backup(tenant_id, "scheduler")
+                    made += 1
+                except CmekError:
+                    continue
+        return made
+
+
+def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
+    """SAML needs an entity id, an https SSO URL and a PEM certificate; OIDC an https
+    issuer, a client id and a client secret. Nothing else is kept."""
+    def text(name: str, max_len: int = 2048) -> str:
+        value = config.get(name)
+        if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+            raise InvalidInput(f"sso.{name} must be a non-empty string")
+        return value
+
+    kind = config.get("type")
+    if kind == "saml":
+        out = {"type": "saml", "entity_id": text("entity_id"), "sso_url": text("sso_url"),
+               "certificate": text("certificate", 16384)}
+        if not out["sso_url"].startswith("https://"):
+            raise InvalidInput("sso.sso_url must be an https URL")
+        if "-----BEGIN CERTIFICATE-----" not in out["certificate"]:
+            raise InvalidInput("sso.certificate must be a PEM certificate")
+    elif kind == "oidc":
+        out = {"type": "oidc", "issuer": text("issuer"), "client_id": text("client_id", 256),
+               "client_secret": text("client_secret", 1024)}
+        if not out["issuer"].startswith("https://"):
+            raise InvalidInput("sso.issuer must be an https URL")
+    else:
+        raise InvalidInput("sso.type must be 'saml' or 'oidc'")
+    extra = set(config) - set(out)
+    if extra:
+        raise InvalidInput(f"unknown sso fields: {', '.join(sorted(extra))[:200]}")
+    return out
 
 
 def _result_id(connection: str, sql: str) -> str:

@@ -347,3 +347,72 @@ class TenantStore:
                                      .limit(limit)))
         return [{"seq": r.seq, **self._open("logs", f"activity/{r.entry_id}", r.sealed)}
                 for r in rows]
+
+    # --- schedules and their runs ---------------------------------------------------------
+    def create_schedule(self, name: str, connection: str, sql: str,
+                        every_seconds: float) -> dict[str, Any]:
+        schedule_id = str(uuid.uuid4())
+        now = self.clock.now()
+        spec = {"name": name, "connection": connection, "sql": sql}
+        with self._tx() as conn:
+            conn.execute(schedules.insert().values(
+                schedule_id=schedule_id, every_seconds=every_seconds,
+                next_run_at=now + every_seconds, created_at=now,
+                sealed=self._seal("metadata", f"schedule/{schedule_id}", spec)))
+        return {"schedule_id": schedule_id, "every_seconds": every_seconds,
+                "next_run_at": now + every_seconds, "created_at": now, **spec}
+
+    def _schedule(self, row: sa.Row[Any]) -> dict[str, Any]:
+        m = row._mapping
+        spec = self._open("metadata", f"schedule/{m['schedule_id']}", m["sealed"])
+        return {"schedule_id": m["schedule_id"], "every_seconds": m["every_seconds"],
+                "next_run_at": m["next_run_at"], "created_at": m["created_at"], **spec}
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = list(conn.execute(sa.select(schedules).order_by(schedules.c.created_at)))
+        return [self._schedule(r) for r in rows]
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            row = conn.execute(sa.select(schedules)
+                               .where(schedules.c.schedule_id == schedule_id)).first()
+        if row is None:
+            raise NotFound("no such schedule")
+        return self._schedule(row)
+
+    def due_schedule_ids(self, now: float) -> list[str]:
+        """Due schedules, without opening anything: a locked tenant's jobs still get a run
+        record with the reason they could not run."""
+        with self._read() as conn:
+            return [str(r[0]) for r in conn.execute(
+                sa.select(schedules.c.schedule_id).where(schedules.c.next_run_at <= now)
+                .order_by(schedules.c.next_run_at))]
+
+    def record_run(self, schedule_id: str, started_at: float, status: str,
+                   error_code: str | None, result_key: str | None,
+                   detail: dict[str, Any] | None) -> dict[str, Any]:
+        """Store a run and move the schedule to its next slot after ``started_at``."""
+        run_id = str(uuid.uuid4())
+        finished = self.clock.now()
+        sealed = (self._seal("warehouse_data", f"run/{run_id}", detail)
+                  if detail is not None else None)
+        with self._tx() as conn:
+            conn.execute(runs.insert().values(
+                run_id=run_id, schedule_id=schedule_id, started_at=started_at,
+                finished_at=finished, status=status, error_code=error_code,
+                result_key=result_key, sealed=sealed))
+            every = conn.execute(sa.select(schedules.c.every_seconds)
+                                 .where(schedules.c.schedule_id == schedule_id)).scalar_one()
+            conn.execute(schedules.update().where(schedules.c.schedule_id == schedule_id)
+                         .values(next_run_at=started_at + float(every)))
+        return {"run_id": run_id, "schedule_id": schedule_id, "started_at": started_at,
+                "finished_at": finished, "status": status, "error_code": error_code}
+
+    def list_runs(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = list(conn.execute(sa.select(runs).where(runs.c.schedule_id == schedule_id)
+                                     .order_by(runs.c.started_at.desc()).limit(limit)))
+        return [{"run_id": r.run_id, "schedule_id": r.schedule_id, "started_at": r.started_at,
+                 "finished_at": r.finished_at, "status": r.status, "error_code": r.error_code,
+                 "result_key": r.result_key} for r in rows]

@@ -1,0 +1,341 @@
+"""The platform's settings: a TOML file, every setting overridable by a ``CMEK_*`` variable.
+
+Precedence: explicit overrides (CLI flags) > environment > TOML file > defaults. Problems are
+reported as one :class:`ConfigError` line that names the setting and its environment variable,
+and never contains a secret's value. AWS credentials are deliberately not settings: boto3's
+standard chain (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, instance roles, ...) supplies them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cmek.errors import CmekError
+
+DAY = 86400.0
+MIN_SECRET_CHARS = 16
+
+# Field name -> environment variable. The CMEK_* names are an operator contract: never rename.
+ENV_VARS: dict[str, str] = {
+    "data_dir": "CMEK_DATA_DIR",
+    "database_url": "CMEK_DATABASE_URL",
+    "object_store": "CMEK_OBJECT_STORE",
+    "s3_endpoint_url": "CMEK_S3_ENDPOINT_URL",
+    "kms_region": "CMEK_KMS_REGION",
+    "kms_endpoint_url": "CMEK_KMS_ENDPOINT_URL",
+    "operator_token": "CMEK_OPERATOR_TOKEN",
+    "event_secret": "CMEK_EVENT_SECRET",
+    "check_interval": "CMEK_CHECK_INTERVAL",
+    "outage_grace": "CMEK_OUTAGE_GRACE",
+    "restore_window": "CMEK_RESTORE_WINDOW",
+    "live_store_grace": "CMEK_LIVE_STORE_GRACE",
+    "data_key_ttl": "CMEK_DATA_KEY_TTL",
+    "backup_interval": "CMEK_BACKUP_INTERVAL",
+    "host": "CMEK_HOST",
+    "port": "CMEK_PORT",
+    "dev": "CMEK_DEV",
+    "max_body_bytes": "CMEK_MAX_BODY_BYTES",
+}
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(CmekError):
+    code = "config_invalid"
+
+
+class _Invalid(ValueError):
+    """Carries our own one-line message through pydantic, so no ``Value error,`` prefix leaks."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seconds(value: Any, *, allow_zero: bool) -> float:
+    op = ">=" if allow_zero else ">"
+    problem = f"must be a number of seconds {op} 0, got {_shown(value)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(problem)
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise _Invalid(problem)
+    return seconds
+
+
+def _secret(value: Any) -> SecretStr | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {type(value).__name__}")  # never the value
+    if len(value) < MIN_SECRET_CHARS:
+        raise _Invalid(f"must be at least {MIN_SECRET_CHARS} characters when set")
+    return SecretStr(value)
+
+
+def _http_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise _Invalid(f"must be an http:// or https:// URL, got {_shown(value)}")
+    return value
+
+
+def _dir(value: Any) -> Path:
+    if isinstance(value, str) and value:
+        value = Path(value)
+    if not isinstance(value, Path):
+        raise _Invalid(f"must be a folder path, got {_shown(value)}")
+    return value.expanduser().resolve()
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
+
+
+class Settings(BaseModel):
+    """Everything a platform process needs; built once at start, then never changes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True,
+                              validate_default=True)
+
+    data_dir: Path = Path("data")
+    database_url: str = ""  # derived from data_dir when not given
+    object_store: str = ""  # derived from data_dir when not given
+    s3_endpoint_url: str | None = None
+    kms_region: str = "us-west-2"
+    kms_endpoint_url: str | None = None
+    operator_token: SecretStr | None = None
+    event_secret: SecretStr | None = None
+    check_interval: float = 5.0
+    outage_grace: float = 300.0
+    restore_window: float = 30 * DAY
+    live_store_grace: float = 7 * DAY
+    data_key_ttl: float = 300.0
+    backup_interval: float = DAY
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dev: bool = False
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def tenant_backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.database_url.startswith("postgresql://") else "sqlite"
+
+    def __repr_args__(self) -> Any:
+        # A PostgreSQL URL may carry a password; repr/str must not.
+        for name, value in super().__repr_args__():
+            yield name, _redact_url(value) if name == "database_url" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        """Storage locations default to folders inside data_dir, wherever that ends up."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        try:
+            data_dir = _dir(data.get("data_dir", Path("data")))
+        except _Invalid:
+            return data  # the data_dir field reports it
+        data["data_dir"] = data_dir
+        if data.get("database_url") in (None, ""):
+            data["database_url"] = f"sqlite:///{data_dir}/control.sqlite3"
+        if data.get("object_store") in (None, ""):
+            data["object_store"] = f"file://{data_dir}/objects"
+        return data
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _check_data_dir(cls, value: Any) -> Path:
+        return _dir(value)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _check_database_url(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, got {type(value).__name__}")
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        if value.startswith("postgresql://") and len(value) > len("postgresql://"):
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+        # Only the scheme is echoed: the rest may hold a password.
+        raise _Invalid("must start with sqlite:/// or postgresql://, "
+                       f"got one starting with {scheme!r}")
+
+    @field_validator("object_store", mode="before")
+    @classmethod
+    def _check_object_store(cls, value: Any) -> str:
+        if isinstance(value, str):
+            if value.startswith("file:///"):
+                return value
+            if value.startswith("s3://"):
+                bucket, _, prefix = value.removeprefix("s3://").partition("/")
+                if _BUCKET.match(bucket) and ".." not in bucket and "//" not in prefix:
+                    return value
+        raise _Invalid(f"must be file:///absolute/folder or s3://bucket[/prefix], "
+                       f"got {_shown(value)}")
+
+    @field_validator("s3_endpoint_url", "kms_endpoint_url", mode="before")
+    @classmethod
+    def _check_endpoint(cls, value: Any) -> str | None:
+        return _http_url(value)
+
+    @field_validator("kms_region", mode="before")
+    @classmethod
+    def _check_region(cls, value: Any) -> str:
+        if not isinstance(value, str) or not _REGION.match(value):
+            raise _Invalid(f"must be an AWS Region name like us-west-2, got {_shown(value)}")
+        return value
+
+    @field_validator("operator_token", "event_secret", mode="before")
+    @classmethod
+    def _check_secret(cls, value: Any) -> SecretStr | None:
+        return _secret(value)
+
+    @field_validator("check_interval", "restore_window", "live_store_grace", "data_key_ttl",
+                     mode="before")
+    @classmethod
+    def _check_positive(cls, value: Any) -> float:
+        return _seconds(value, allow_zero=False)
+
+    @field_validator("outage_grace", "backup_interval", mode="before")
+    @classmethod
+    def _check_non_negative(cls, value: Any) -> float:
+        return _seconds(value, allow_zero=True)
+
+    @field_validator("live_store_grace")
+    @classmethod
+    def _within_restore_window(cls, value: float, info: ValidationInfo) -> float:
+        # Live stores must be gone before the restore window lets the data be shredded.
+        window = info.data.get("restore_window")
+        if window is not None and value > window:
+            raise _Invalid(f"must be <= restore_window ({ENV_VARS['restore_window']}, "
+                           f"{window:g} s), got {value:g}")
+        return value
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _check_host(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise _Invalid(f"must be a host name or IP address, got {_shown(value)}")
+        return value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _check_port(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise _Invalid(f"must be an integer port from 0 to 65535, got {_shown(value)}")
+        return value
+
+    @field_validator("dev", mode="before")
+    @classmethod
+    def _check_dev(cls, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Invalid(f"must be true or false, got {_shown(value)}")
+        return value
+
+    @field_validator("max_body_bytes", mode="before")
+    @classmethod
+    def _check_max_body(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise _Invalid(f"must be a whole number of bytes > 0, got {_shown(value)}")
+        return value
+
+
+_INTS = frozenset({"port", "max_body_bytes"})
+_FLOATS = frozenset(name for name, f in Settings.model_fields.items() if f.annotation is float)
+
+
+def _from_env(name: str, raw: str) -> Any:
+    """Env values are text: convert what parses, leave the rest for the field to reject."""
+    text = raw.strip()
+    try:
+        if name in _FLOATS:
+            return float(text)
+        if name in _INTS:
+            return int(text)
+    except ValueError:
+        return raw
+    if name == "dev":
+        lowered = text.lower()
+        return True if lowered in _TRUE else False if lowered in _FALSE else raw
+    return raw
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for key in data:
+        if key not in Settings.model_fields:
+            close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config file {path}: unknown setting {key!r}{hint}")
+    return data
+
+
+def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Overrides (None = not given) > env (default os.environ) > TOML file > defaults."""
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"load_settings() got unknown settings: {', '.join(unknown)}")
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    if config_file is not None:
+        for key, value in _read_toml(Path(config_file)).items():
+            values[key] = value
+            where[key] = f"{key} ({ENV_VARS[key]}) in {config_file}"
+    for key, var in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is not None and raw.strip() != "":  # empty = unset, as compose files often pass
+            values[key] = _from_env(key, raw)
+            where[key] = var
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+            where[key] = f"{key} ({ENV_VARS[key]})"
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        errors = e.errors(include_input=False, include_url=False)
+        first = errors[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        label = where.get(name, f"{name} ({ENV_VARS[name]})" if name in ENV_VARS else name)
+        ctx_error = (first.get("ctx") or {}).get("error")
+        message = str(ctx_error) if isinstance(ctx_error, _Invalid) else first["msg"]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{label}: {message}{more}") from None

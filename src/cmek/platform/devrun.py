@@ -1,0 +1,200 @@
+"""``make run``: kmslocal and the platform together, with a demo tenant, in the foreground.
+
+The demo goes through the same path as a real customer: the customer creates its key
+with ``cmek key create``, the operator provisions the tenant (which verifies the key),
+and sample data is loaded over the HTTP API. Ctrl-C stops both processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+KMS_PORT = 4599
+PLATFORM_PORT = 8000
+PROVIDER = ("AKIAKMSLOCALPROVIDER", "kmslocal-dev-provider-secret",
+            "arn:aws:iam::111111111111:role/cmek-platform")
+CUSTOMER = ("AKIAKMSLOCALCUSTOMER", "kmslocal-dev-customer-secret",
+            "arn:aws:iam::222222222222:user/key-admin")
+TENANT = "demo"
+ADMIN = ("admin@demo.example", "demo admin password")
+ANALYST = ("analyst@demo.example", "demo analyst password")
+
+
+def _start(cmd: list[str], env: dict[str, str], prefix: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            threading.Thread(target=_relay, args=(proc, cmd[2]), daemon=True).start()
+            return proc, line.split()[-1]
+    raise SystemExit(f"{cmd[2]} did not start")
+
+
+def _relay(proc: subprocess.Popen[str], name: str) -> None:
+    """Pass a child's log lines through, so its pipe never fills and blocks it."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(f"[{name}] {line}", end="", flush=True)
+
+
+def _kmslocal_config(path: Path, event_secret: str) -> None:
+    lines = ['region = "us-west-2"', ""]
+    for akid, secret, arn in (PROVIDER, CUSTOMER):
+        lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
+                  f'secret_access_key = "{secret}"', ""]
+    lines += ["[[event_targets]]", 'account = "222222222222"',
+              f'url = "http://127.0.0.1:{PLATFORM_PORT}/v1/key-events"',
+              'secret_header = "X-Cmek-Event-Secret"', f'secret = "{event_secret}"', ""]
+    path.write_text("\n".join(lines))
+
+
+def _warehouse(path: Path) -> None:
+    import duckdb
+
+    with duckdb.connect(str(path)) as db:
+        db.execute("create table customers(customer_id integer, name varchar, region varchar)")
+        db.execute("insert into customers values (1, 'Acme Corp', 'emea'), "
+                   "(2, 'Globex', 'amer'), (3, 'Initech', 'amer'), (4, 'Umbrella', 'apac')")
+        db.execute("create table orders(order_id integer, customer_id integer, "
+                   "order_date date, amount_usd decimal(10, 2))")
+        db.execute("insert into orders values (1, 1, '2026-09-01', 1200.00), "
+                   "(2, 2, '2026-09-15', 830.50), (3, 3, '2026-10-02', 2400.00), "
+                   "(4, 1, '2026-10-20', 310.25), (5, 4, '2026-11-05', 990.00)")
+
+
+def load_sample_data(base: str, token: str, warehouse: Path) -> None:
+    def check(r: httpx.Response) -> Any:
+        if r.status_code >= 300:
+            raise SystemExit(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+        return r.json() if r.content else None
+
+    t = f"/v1/tenants/{TENANT}"
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
+                      timeout=30, trust_env=False) as c:
+        check(c.post(f"{t}/users", json={"email": ANALYST[0], "password": ANALYST[1],
+                                         "role": "analyst"}))
+        check(c.put(f"{t}/connections/warehouse", json={
+            "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}}))
+        for name, cols, desc in (
+            ("customers", ["customer_id", "name", "region"], "Every customer and its region"),
+            ("orders", ["order_id", "customer_id", "order_date", "amount_usd"],
+             "Orders with their amount in US dollars"),
+        ):
+            check(c.put(f"{t}/objects/tables/{name}", json={
+                "title": name.title(), "description": desc, "connection": "warehouse",
+                "columns": cols}))
+        check(c.put(f"{t}/objects/models/sales", json={
+            "title": "Sales model", "description": "Orders joined to customers",
+            "tables": ["orders", "customers"], "columns": ["region", "amount_usd"]}))
+        answers = {
+            "revenue-by-region": ("Revenue by region",
+                                  "select c.region, sum(o.amount_usd) as revenue_usd from orders o "
+                                  "join customers c using (customer_id) group by 1 order by 2 desc"),
+            "orders-by-month": ("Orders by month",
+                                "select strftime(order_date, '%Y-%m') as month, count(*) as orders "
+                                "from orders group by 1 order by 1"),
+        }
+        for answer_id, (title, sql) in answers.items():
+            result = check(c.post(f"{t}/connections/warehouse/query", json={"sql": sql}))
+            check(c.put(f"{t}/objects/answers/{answer_id}", json={
+                "title": title, "connection": "warehouse", "sql": sql,
+                "result_id": result["result_id"], "columns": result["columns"]}))
+        check(c.put(f"{t}/objects/liveboards/overview", json={
+            "title": "Sales overview", "description": "Revenue and order volume",
+            "answers": list(answers)}))
+
+
+def main() -> int:
+    root = Path(os.environ.get("CMEK_RUN_DIR", ".run")).resolve()
+    if root.exists():
+        shutil.rmtree(root)  # each run starts from a fresh demo
+    (root / "platform").mkdir(parents=True)
+    operator_token = secrets.token_urlsafe(24)
+    event_secret = secrets.token_urlsafe(24)
+    _kmslocal_config(root / "kmslocal.toml", event_secret)
+    bindir = str(Path(sys.executable).parent)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
+    base_env |= {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
+                 "AWS_EC2_METADATA_DISABLED": "true"}
+    kms, kms_url = _start([sys.executable, "-m", "kmslocal.cli", "serve", "--dev", "--port",
+                           str(KMS_PORT), "--data-dir", str(root / "kmslocal"), "--config",
+                           str(root / "kmslocal.toml")], base_env, "kmslocal listening on ")
+    platform_env = base_env | {
+        "CMEK_DATA_DIR": str(root / "platform"), "CMEK_KMS_ENDPOINT_URL": kms_url,
+        "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": operator_token,
+        "CMEK_EVENT_SECRET": event_secret, "AWS_ACCESS_KEY_ID": PROVIDER[0],
+        "AWS_SECRET_ACCESS_KEY": PROVIDER[1],
+    }
+    platform, url = _start([sys.executable, "-m", "cmek.cli", "serve", "--dev", "--port",
+                            str(PLATFORM_PORT)], platform_env, "cmek listening on ")
+    try:
+        customer_env = base_env | {"AWS_ACCESS_KEY_ID": CUSTOMER[0],
+                                   "AWS_SECRET_ACCESS_KEY": CUSTOMER[1],
+                                   "AWS_REGION": "us-west-2"}
+        created = subprocess.run(
+            [sys.executable, "-m", "cmek.cli", "key", "create", "--provider-account",
+             "111111111111", "--alias", "cmek-demo", "--tenant", TENANT, "--endpoint-url",
+             kms_url, "--json"], env=customer_env, capture_output=True, text=True, check=False)
+        if created.returncode != 0:
+            raise SystemExit(created.stderr.strip())
+        key_arn = json.loads(created.stdout)["key_arn"]
+        with httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
+            r = c.post("/v1/tenants", headers={"Authorization": f"Bearer {operator_token}"},
+                       json={"tenant_id": TENANT, "kms_key_arn": key_arn,
+                             "admin_email": ADMIN[0], "admin_password": ADMIN[1]})
+            if r.status_code != 201:
+                raise SystemExit(f"provisioning failed: {r.text}")
+            token = c.post(f"/v1/tenants/{TENANT}/sessions",
+                           json={"email": ADMIN[0], "password": ADMIN[1]}).json()["token"]
+        warehouse = root / "warehouse.duckdb"
+        _warehouse(warehouse)
+        load_sample_data(url, token, warehouse)
+        print(f"""
+cmek is running (Ctrl-C stops it)
+  platform API   {url}          operator token: {operator_token}
+  kmslocal       {kms_url}      (dev mode)
+  demo tenant    {TENANT}, key {key_arn}
+  users          {ADMIN[0]} / {ADMIN[1]}  (admin)
+                 {ANALYST[0]} / {ANALYST[1]}  (analyst)
+
+try:
+  curl -s -X POST {url}/v1/tenants/{TENANT}/sessions -H 'Content-Type: application/json' \\
+       -d '{{"email": "{ADMIN[0]}", "password": "{ADMIN[1]}"}}'
+  curl -s {url}/v1/tenants/{TENANT}/search?q=revenue -H "Authorization: Bearer $TOKEN"
+  AWS_ACCESS_KEY_ID={CUSTOMER[0]} AWS_SECRET_ACCESS_KEY={CUSTOMER[1]} AWS_REGION=us-west-2 \\
+       cmek usage --key-arn {key_arn} --endpoint-url {kms_url}
+""", flush=True)
+        _wait(kms, platform)
+    finally:
+        for proc in (platform, kms):
+            proc.terminate()
+        for proc in (platform, kms):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+def _wait(*procs: subprocess.Popen[str]) -> None:
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)  # supervising child processes, not waiting for time to pass
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
