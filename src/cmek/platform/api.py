@@ -96,6 +96,37 @@ def error(code: str, message: str, **extra: Any) -> JSONResponse:
                         headers={"Cache-Control": "no-store"})
 
 
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return authorization.removeprefix("Bearer ").strip()
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected = _platform(request).settings.operator_token
+    token = _bearer(authorization)
+    if expected is None or not hmac.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized("not the operator token")
+
+
+async def _caller(request: Request, tenant: TenantId,
+                  authorization: Annotated[str | None, Header()] = None) -> Caller:
+    return await run_in_threadpool(_platform(request).authenticate, _bearer(authorization),
+                                   tenant)
+
+
+# Dependencies as types, at module level so that FastAPI can resolve the annotations.
+Op = Annotated[None, Depends(_operator)]
+Me = Annotated[Caller, Depends(_caller)]
+
+
 def create_app(platform: Platform) -> FastAPI:
     settings = platform.settings
 
@@ -119,6 +150,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
+    app.state.platform = platform
 
     @app.exception_handler(CmekError)
     async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
@@ -148,26 +180,6 @@ def create_app(platform: Platform) -> FastAPI:
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
-
-    def bearer(authorization: str | None) -> str:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthorized("send Authorization: Bearer <token>")
-        return authorization.removeprefix("Bearer ").strip()
-
-    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
-        expected = settings.operator_token
-        token = bearer(authorization)
-        if expected is None or not hmac.compare_digest(
-            token.encode(), expected.get_secret_value().encode()
-        ):
-            raise Unauthorized("not the operator token")
-
-    async def caller(tenant: TenantId,
-                     authorization: Annotated[str | None, Header()] = None) -> Caller:
-        return await run_in_threadpool(platform.authenticate, bearer(authorization), tenant)
-
-    Op = Annotated[None, Depends(operator)]
-    Me = Annotated[Caller, Depends(caller)]
 
     call = run_in_threadpool  # handlers do blocking work (SQL, KMS) off the event loop
 
