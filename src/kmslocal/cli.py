@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="enable the clock and fault controls under /_kmslocal/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
     try:
         config = config_mod.load(args.config)
         service = open_service(args.data_dir, config, args.dev)

@@ -202,6 +202,17 @@ def create_app(platform: Platform) -> FastAPI:
     async def get_tenant(tenant: TenantId, _: Op) -> dict[str, Any]:
         return await call(platform.tenant_view, tenant)
 
+    @app.post("/v1/key-events", status_code=202)
+    async def key_events(request: Request, event: dict[str, Any],
+                         x_cmek_event_secret: Annotated[str | None, Header()] = None
+                         ) -> dict[str, Any]:
+        expected = settings.event_secret
+        if expected is None or x_cmek_event_secret is None or not hmac.compare_digest(
+            x_cmek_event_secret.encode(), expected.get_secret_value().encode()
+        ):
+            raise Unauthorized("missing or wrong X-Cmek-Event-Secret")
+        return {"tenants": await call(platform.key_event, event)}
+
     # --- sessions and tokens --------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/sessions", status_code=201)
     async def login(tenant: TenantId, body: Login) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-KMS_PORT = 4599
-PLATFORM_PORT = 8000
+KMS_PORT = int(os.environ.get("KMSLOCAL_PORT", "4599"))
+PLATFORM_PORT = int(os.environ.get("CMEK_PORT", "8000"))
 PROVIDER = ("AKIAKMSLOCALPROVIDER", "kmslocal-dev-provider-secret",
             "arn:aws:iam::111111111111:role/cmek-platform")
 CUSTOMER = ("AKIAKMSLOCALCUSTOMER", "kmslocal-dev-customer-secret",
@@ -99,9 +99,10 @@ def load_sample_data(base: str, token: str, warehouse: Path) -> None:
             "title": "Sales model", "description": "Orders joined to customers",
             "tables": ["orders", "customers"], "columns": ["region", "amount_usd"]}))
         answers = {
-            "revenue-by-region": ("Revenue by region",
-                                  "select c.region, sum(o.amount_usd) as revenue_usd from orders o "
-                                  "join customers c using (customer_id) group by 1 order by 2 desc"),
+            "revenue-by-region": (
+                "Revenue by region",
+                "select c.region, sum(o.amount_usd) as revenue_usd from orders o "
+                "join customers c using (customer_id) group by 1 order by 2 desc"),
             "orders-by-month": ("Orders by month",
                                 "select strftime(order_date, '%Y-%m') as month, count(*) as orders "
                                 "from orders group by 1 order by 1"),
@@ -114,6 +115,9 @@ def load_sample_data(base: str, token: str, warehouse: Path) -> None:
         check(c.put(f"{t}/objects/liveboards/overview", json={
             "title": "Sales overview", "description": "Revenue and order volume",
             "answers": list(answers)}))
+        check(c.post(f"{t}/schedules", json={
+            "name": "Daily revenue", "connection": "warehouse",
+            "sql": answers["revenue-by-region"][1], "every_seconds": 86400}))
 
 
 def main() -> int:

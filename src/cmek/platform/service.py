@@ -370,6 +370,28 @@ class Platform:
         return made
 
 
+    # --- key events -----------------------------------------------------------------------
+    def key_event(self, event: dict[str, Any]) -> list[str]:
+        """Record an EventBridge KMS event against every tenant whose key it names; the
+        lifecycle engine acts on it. Duplicates and reordering are harmless: each is a
+        prompt to look at the key, never a state by itself."""
+        resources = event.get("resources")
+        if event.get("source") != "aws.kms" or not isinstance(resources, list):
+            raise InvalidInput("not an EventBridge KMS event")
+        raw_detail = event.get("detail")
+        detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+        names = {str(r) for r in resources if isinstance(r, str)}
+        tenants = [t["tenant_id"] for t in self.control.list_tenants() if t["key_arn"] in names]
+        for tenant_id in tenants:
+            self.audit.append(tenant_id, "key_event", {
+                "detail_type": str(event.get("detail-type", ""))[:100],
+                "event_id": str(event.get("id", ""))[:100],
+                "event_name": str(detail.get("eventName", ""))[:100],
+                "request_id": str(detail.get("requestID", ""))[:100],
+            })
+        return tenants
+
+
 def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
     """SAML needs an entity id, an https SSO URL and a PEM certificate; OIDC an https
     issuer, a client id and a client secret. Nothing else is kept."""

@@ -213,6 +213,7 @@ class FileObjectStore:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            self._prune(folder)
             raise
         _fsync_folder(folder)
         return size
@@ -395,6 +396,9 @@ class S3ObjectStore:
 
         if isinstance(e, CmekError):
             return e
+        inner = e.__cause__ or e.__context__
+        if isinstance(e, Boto3Error) and isinstance(inner, ClientError):
+            e = inner  # S3UploadFailedError: report the S3 error, not the spool path
         code = _aws_code(e)
         if key is not None and code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFound(f"no object {_show(key)} in {self.url}")
