@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import duckdb
+import psycopg
 import pytest
 
+from tests.conftest import make_bucket
 from tests.kmslocal_harness import KmsLocal
+from tests.pg import create_database
 from tests.platform_harness import PlatformProcess, customer_key
 
 
@@ -32,18 +37,73 @@ def scan(root: Path, needles: list[str]) -> dict[str, list[str]]:
     return found
 
 
+@dataclass
+class Backends:
+    database_url: str | None = None
+    s3_endpoint: str | None = None
+    bucket: str | None = None
+
+
+@pytest.fixture(params=["embedded", "postgres+s3"])
+def backends(request: pytest.FixtureRequest) -> Backends:
+    if request.param == "embedded":
+        return Backends()
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return Backends(create_database(request.getfixturevalue("pg_admin_url")), endpoint,
+                    make_bucket(endpoint))
+
+
 @pytest.fixture
-def platform(kmslocal: KmsLocal, tmp_path: Path) -> Iterator[PlatformProcess]:
-    proc = PlatformProcess(tmp_path / "platform", kmslocal,
-                           extra_env={"TMPDIR": str(tmp_path / "platform" / "tmp")})
+def platform(kmslocal: KmsLocal, tmp_path: Path, backends: Backends
+             ) -> Iterator[PlatformProcess]:
+    env = {"TMPDIR": str(tmp_path / "platform" / "tmp")}
+    if backends.database_url:
+        env |= {"CMEK_DATABASE_URL": backends.database_url,
+                "CMEK_OBJECT_STORE": f"s3://{backends.bucket}/platform",
+                "CMEK_S3_ENDPOINT_URL": str(backends.s3_endpoint)}
+    proc = PlatformProcess(tmp_path / "platform", kmslocal, extra_env=env)
     (tmp_path / "platform" / "tmp").mkdir(parents=True)
     proc.start()
     yield proc
     proc.stop()
 
 
+def scan_postgres(url: str, needles: list[str]) -> dict[str, list[str]]:
+    """Every row of every table in every schema of the database: a dump, read directly."""
+    found: dict[str, list[str]] = {}
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema not in ('pg_catalog', 'information_schema')").fetchall()
+        assert tables
+        for schema, table in tables:
+            for row in conn.execute(f'select * from "{schema}"."{table}"'):
+                for value in row:
+                    data = bytes(value) if isinstance(value, bytes | memoryview) else \
+                        str(value).encode()
+                    for needle in needles:
+                        if needle.encode() in data:
+                            found.setdefault(needle, []).append(f"{schema}.{table}")
+    return found
+
+
+def scan_s3(endpoint: str, bucket: str, needles: list[str]) -> dict[str, list[str]]:
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    found: dict[str, list[str]] = {}
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    assert keys
+    for key in keys:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for needle in needles:
+            if needle.encode() in data:
+                found.setdefault(needle, []).append(key)
+    return found
+
+
 def test_no_canary_at_rest(platform: PlatformProcess, kmslocal: KmsLocal,
-                           tmp_path: Path) -> None:
+                           tmp_path: Path, backends: Backends) -> None:
     tenant = f"t{uuid.uuid4().hex[:10]}"
     admin_email = f"{canary('email').lower()}@example.com"
     platform.provision(tenant, customer_key(kmslocal), email=admin_email,
@@ -96,9 +156,15 @@ def test_no_canary_at_rest(platform: PlatformProcess, kmslocal: KmsLocal,
     needles = [*planted.values(), planted["sso"] + "-secret", admin_email,
                planted["user"].lower(), planted["title"].lower(), planted["column"].lower()]
     leaks = scan(platform.data_dir, needles)
+    if backends.database_url:
+        assert backends.s3_endpoint is not None
+        assert backends.bucket is not None
+        leaks |= scan_postgres(backends.database_url, needles)
+        leaks |= scan_s3(backends.s3_endpoint, backends.bucket, needles)
     log = "".join(platform.output)
     leaks |= {n: ["process log"] for n in needles if n in log}
     assert leaks == {}
-    assert any(platform.data_dir.rglob("*.sqlite3"))  # the scan really saw the stores
+    if not backends.database_url:
+        assert any(platform.data_dir.rglob("*.sqlite3"))  # the scan really saw the stores
     # the scan does find a canary where one is in clear: the customer's own warehouse
     assert scan(tmp_path, [planted["result"]]) == {planted["result"]: ["wh.duckdb"]}

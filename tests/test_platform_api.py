@@ -9,14 +9,24 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.conftest import make_bucket
 from tests.kmslocal_harness import KmsLocal
+from tests.pg import create_database
 from tests.platform_harness import PlatformProcess, customer_key, provider_policy
 
 
-@pytest.fixture(scope="module")
-def platform(kmslocal: KmsLocal, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[PlatformProcess]:
-    proc = PlatformProcess(tmp_path_factory.mktemp("platform"), kmslocal)
+@pytest.fixture(scope="module", params=["embedded", "postgres+s3"])
+def platform(request: pytest.FixtureRequest, kmslocal: KmsLocal,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
+    """The embedded default (SQLite + folder), and production's PostgreSQL + S3."""
+    env: dict[str, str] = {}
+    if request.param == "postgres+s3":
+        admin = request.getfixturevalue("pg_admin_url")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        env = {"CMEK_DATABASE_URL": create_database(admin),
+               "CMEK_OBJECT_STORE": f"s3://{make_bucket(endpoint)}/platform",
+               "CMEK_S3_ENDPOINT_URL": endpoint}
+    proc = PlatformProcess(tmp_path_factory.mktemp("platform"), kmslocal, extra_env=env)
     proc.start()
     yield proc
     proc.stop()

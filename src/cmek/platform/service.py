@@ -6,8 +6,10 @@ HTTP handlers (``cmek.platform.api``) call these methods and nothing below them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,7 @@ class Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.engine = create_engine(settings.database_url)
         self.control = ControlPlane(self.engine)
+        tenant_dbs.metadata.create_all(self.engine)
         self.audit = AuditTrail(self.engine, clock)
         self.kms: Kms = kms or BotoKms(KmsSettings(
             region=settings.kms_region, endpoint_url=settings.kms_endpoint_url))
@@ -129,10 +132,37 @@ class Platform:
         return [t["tenant_id"] for t in self.control.list_tenants()]
 
     def tenant_engine(self, tenant_id: str) -> sa.Engine:
-        """Each tenant its own database: a SQLite file in its own folder."""
+        """Each tenant its own database: a SQLite file in its own folder, or, with a
+        PostgreSQL control plane, a schema owned by a role of its own."""
+        if self.settings.tenant_backend == "postgresql":
+            return self._postgres_tenant_engine(tenant_id)
         folder = Path(self.settings.data_dir) / "tenants" / tenant_id
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return create_engine(f"sqlite:///{folder / 'tenant.sqlite3'}")
+
+    def _postgres_tenant_engine(self, tenant_id: str) -> sa.Engine:
+        """The role's password is sealed under the tenant's own key: without the key the
+        platform cannot even log in to the tenant's schema."""
+        name = tenant_db_name(tenant_id)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tenant_dbs.c.sealed_password)
+                               .where(tenant_dbs.c.tenant_id == tenant_id)).first()
+        if row is None:
+            password = secrets.token_urlsafe(24)
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN PASSWORD \'{password}\'')
+                conn.exec_driver_sql(f'CREATE SCHEMA "{name}" AUTHORIZATION "{name}"')
+                conn.execute(tenant_dbs.insert().values(
+                    tenant_id=tenant_id, name=name, sealed_password=self.keyring.seal(
+                        tenant_id, "auth", "db/password", password.encode())))
+        else:
+            password = self.keyring.open(tenant_id, "auth", "db/password",
+                                         bytes(row[0])).decode()
+        url = sa.make_url(self.settings.database_url.replace(
+            "postgresql://", "postgresql+psycopg://", 1))
+        url = url.set(username=name, password=password,
+                      query={"options": f"-csearch_path={name}"})
+        return sa.create_engine(url, pool_size=4, max_overflow=4)
 
     def store(self, tenant_id: str) -> TenantStore:
         with self._lock:
@@ -422,9 +452,21 @@ def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _result_id(connection: str, sql: str) -> str:
-    import hashlib
+tenant_dbs = sa.Table(
+    "platform_tenant_databases", sa.MetaData(),
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("sealed_password", sa.LargeBinary, nullable=False),
+)
 
+
+def tenant_db_name(tenant_id: str) -> str:
+    """Role and schema name: readable, unique (hash suffix), within PostgreSQL's 63."""
+    digest = hashlib.sha256(tenant_id.encode()).hexdigest()[:8]
+    return f"cmek_{tenant_id[:40].replace('-', '_')}_{digest}"
+
+
+def _result_id(connection: str, sql: str) -> str:
     return hashlib.sha256(f"{connection}\n{sql}".encode()).hexdigest()[:32]
 
 

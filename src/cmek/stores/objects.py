@@ -372,8 +372,8 @@ class S3ObjectStore:
             session = boto3.session.Session(region_name=region)
             self._client: S3Client = session.client(
                 "s3", endpoint_url=endpoint_url, config=config)
-        except ValueError as e:
-            raise InvalidInput(f"invalid S3 endpoint URL: {_one_line(str(e))}") from None
+        except ValueError:
+            raise InvalidInput("invalid S3 endpoint URL: use http(s)://host[:port]") from None
         except Exception as e:
             raise self._error(e, "connect") from None
         self._check_bucket()
