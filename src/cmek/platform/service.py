@@ -95,6 +95,7 @@ class Platform:
         self.hasher = PasswordHasher()
         self._stores: dict[str, TenantStore] = {}
         self._indexes: dict[str, SearchIndex] = {}
+        self._stale_indexes: set[str] = set()
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -230,7 +231,11 @@ class Platform:
         store.log("object_saved", caller.user_id, {"kind": kind, "object_id": object_id})
         index = self.search_index(caller.tenant_id)
         index.upsert(f"{kind}/{object_id}", kind, _title(body, object_id), _texts(body))
-        self._save_index(caller.tenant_id, index)
+        try:
+            self._save_index(caller.tenant_id, index)
+        except CmekError:
+            with self._lock:  # the object is saved; the indexing job catches up
+                self._stale_indexes.add(caller.tenant_id)
         return stored
 
     def delete_object(self, caller: Caller, kind: str, object_id: str) -> None:
@@ -317,9 +322,27 @@ class Platform:
         store.log("schedule_created", caller.user_id, {"schedule_id": schedule["schedule_id"]})
         return schedule
 
+    def run_due_indexing(self) -> int:
+        """The indexing job: rebuild the indexes marked stale (after a restore, or when an
+        update could not be saved), from the tenant's metadata."""
+        with self._lock:
+            stale, self._stale_indexes = self._stale_indexes, set()
+        done = 0
+        for tenant_id in sorted(stale):
+            try:
+                index = self.rebuild_index(tenant_id)
+            except CmekError:
+                with self._lock:
+                    self._stale_indexes.add(tenant_id)
+                continue
+            with self._lock:
+                self._indexes[tenant_id] = index
+            done += 1
+        return done
+
     def run_due_jobs(self) -> int:
-        """Run every due schedule and backup of every tenant once; returns how many ran."""
-        count = self.run_due_backups()
+        """Run every due schedule, backup and indexing job once; returns how many ran."""
+        count = self.run_due_backups() + self.run_due_indexing()
         for tenant_id in self.tenant_ids():
             store = self.store(tenant_id)
             try:
@@ -381,6 +404,7 @@ class Platform:
         report = restore_backup(store, self.objects, backup_id)
         with self._lock:
             self._indexes.pop(tenant_id, None)
+            self._stale_indexes.add(tenant_id)  # the indexing job rebuilds it
         store.log("backup_restored", "operator", {"backup_id": backup_id})
         return {"backup_id": backup_id, **report}
 
