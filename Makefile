@@ -30,6 +30,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/kms_latency.py
 	$(BIN)/python bench/crypto_compare.py
+	$(BIN)/python bench/platform_latency.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,7 @@ class PlatformProcess:
     data_dir: Path
     kms: KmsLocal
     extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
     url: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
@@ -59,7 +60,7 @@ class PlatformProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cmek.cli", "serve", "--port", "0", "--dev"],
+            [sys.executable, "-m", "cmek.cli", "serve", "--port", str(self.port), "--dev"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env(),
         )
         assert self.process.stdout is not None

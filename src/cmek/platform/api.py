@@ -25,11 +25,13 @@ from cmek.platform.service import (
     Forbidden,
     KeyVerificationFailed,
     Platform,
+    TenantKeyUnavailable,
     Unauthorized,
 )
 
 log = logging.getLogger("cmek.platform")
 JOB_TICK_SECONDS = 1.0
+MONITOR_TICK_SECONDS = 0.2
 
 STATUS: dict[str, int] = {
     "invalid_input": 400, "record_too_large": 400, "invalid_connection": 400,
@@ -132,21 +134,25 @@ def create_app(platform: Platform) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async def jobs() -> None:
-            while True:  # scheduled reports and indexing, each on the injected clock
+        async def every(seconds: float, work: Callable[[], int], what: str) -> None:
+            while True:  # each on the injected clock; the loop only paces the looking
                 try:
-                    await run_in_threadpool(platform.run_due_jobs)
+                    await run_in_threadpool(work)
                 except Exception:
-                    log.exception("job runner failed; retrying")
-                await asyncio.sleep(JOB_TICK_SECONDS)
+                    log.exception("%s failed; retrying", what)
+                await asyncio.sleep(seconds)
 
-        task = asyncio.create_task(jobs())
+        tasks = [asyncio.create_task(every(JOB_TICK_SECONDS, platform.run_due_jobs, "jobs")),
+                 asyncio.create_task(every(MONITOR_TICK_SECONDS, platform.run_monitor,
+                                           "key monitor"))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
@@ -156,6 +162,8 @@ def create_app(platform: Platform) -> FastAPI:
     async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
         if isinstance(exc, KeyVerificationFailed):
             return error(exc.code, exc.message, findings=exc.findings)
+        if isinstance(exc, TenantKeyUnavailable):
+            return error(exc.code, exc.message, key_state=exc.key_state, reason=exc.reason)
         return error(exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -200,7 +208,19 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant}")
     async def get_tenant(tenant: TenantId, _: Op) -> dict[str, Any]:
-        return await call(platform.tenant_view, tenant)
+        view = await call(platform.tenant_view, tenant)
+        return {**view, "key": await call(platform.lifecycle.view, tenant)}
+
+    @app.get("/v1/tenants/{tenant}/key")
+    async def key_state(tenant: TenantId, _: Op) -> dict[str, Any]:
+        await call(platform.tenant_view, tenant)
+        return await call(platform.lifecycle.view, tenant)
+
+    @app.post("/v1/tenants/{tenant}/key/check")
+    async def key_check(tenant: TenantId, _: Op) -> dict[str, Any]:
+        await call(platform.tenant_view, tenant)
+        await call(platform.lifecycle.check, tenant, "requested")
+        return await call(platform.lifecycle.view, tenant)
 
     @app.post("/v1/key-events", status_code=202)
     async def key_events(request: Request, event: dict[str, Any],
@@ -333,7 +353,9 @@ def create_app(platform: Platform) -> FastAPI:
     async def list_runs(schedule_id: ObjectId, me: Me) -> dict[str, Any]:
         store = platform.store(me.tenant_id)
         await call(store.get_schedule, schedule_id)
-        return {"runs": await call(store.list_runs, schedule_id)}
+        runs = await call(store.list_runs, schedule_id)
+        refused = await call(platform.control.refused, me.tenant_id, schedule_id)
+        return {"runs": sorted(runs + refused, key=lambda r: -r["started_at"])}
 
     # --- activity -------------------------------------------------------------------------
     @app.get("/v1/tenants/{tenant}/activity")

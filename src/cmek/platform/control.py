@@ -35,6 +35,24 @@ tokens = sa.Table(
 )
 
 
+schedule_slots = sa.Table(
+    "platform_schedule_slots", metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("schedule_id", sa.String(36), primary_key=True),
+    sa.Column("next_run_at", sa.Float, nullable=False),
+    sa.Column("every_seconds", sa.Float, nullable=False),
+)
+
+refused_runs = sa.Table(
+    "platform_refused_runs", metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
+    sa.Column("schedule_id", sa.String(36), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=False),
+)
+
+
 def new_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
@@ -110,3 +128,41 @@ class ControlPlane:
             return int(conn.execute(tokens.update().where(
                 tokens.c.tenant_id == tenant_id, tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now)).rowcount)
+
+    # --- jobs of locked tenants -----------------------------------------------------------
+    def remember_schedules(self, tenant_id: str,
+                           slots: list[tuple[str, float, float]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(schedule_slots.delete().where(schedule_slots.c.tenant_id == tenant_id))
+            if slots:
+                conn.execute(schedule_slots.insert(), [
+                    {"tenant_id": tenant_id, "schedule_id": sid, "next_run_at": nxt,
+                     "every_seconds": every} for sid, nxt, every in slots])
+
+    def refuse_due_runs(self, tenant_id: str, now: float, error_code: str) -> int:
+        """Record, for each due schedule of a locked tenant, a run refused with a code."""
+        import uuid
+
+        count = 0
+        with self.engine.begin() as conn:
+            due = list(conn.execute(sa.select(schedule_slots).where(
+                schedule_slots.c.tenant_id == tenant_id, schedule_slots.c.next_run_at <= now)))
+            for slot in due:
+                conn.execute(refused_runs.insert().values(
+                    run_id=str(uuid.uuid4()), tenant_id=tenant_id,
+                    schedule_id=slot.schedule_id, started_at=now, error_code=error_code))
+                conn.execute(schedule_slots.update().where(
+                    schedule_slots.c.tenant_id == tenant_id,
+                    schedule_slots.c.schedule_id == slot.schedule_id)
+                    .values(next_run_at=now + slot.every_seconds))
+                count += 1
+        return count
+
+    def refused(self, tenant_id: str, schedule_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [{"run_id": r.run_id, "schedule_id": r.schedule_id,
+                     "started_at": r.started_at, "finished_at": r.started_at,
+                     "status": "failed", "error_code": r.error_code, "result_key": None}
+                    for r in conn.execute(sa.select(refused_runs).where(
+                        refused_runs.c.tenant_id == tenant_id,
+                        refused_runs.c.schedule_id == schedule_id))]

@@ -25,7 +25,9 @@ from cmek.customer.keys import verify_key
 from cmek.db import create_engine
 from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
 from cmek.keyring import Keyring, validate_tenant_id
-from cmek.kms import BotoKms, Kms, KmsSettings
+from cmek.keyring.table import data_keys
+from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
+from cmek.lifecycle import Durations, Lifecycle, TenantKeyState
 from cmek.platform import connectors
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, TokenInfo
@@ -45,6 +47,18 @@ class KeyVerificationFailed(CmekError):
     def __init__(self, findings: list[dict[str, str]]) -> None:
         super().__init__("the key did not pass verification")
         self.findings = findings
+
+
+class TenantKeyUnavailable(CmekError):
+    """Every request of a tenant whose key is not usable: with the state and the reason."""
+
+    code = "tenant_key_unavailable"
+
+    def __init__(self, state: TenantKeyState) -> None:
+        super().__init__(f"the tenant's key is unavailable ({state.state.value}: "
+                         f"{state.reason})")
+        self.key_state = state.state.value
+        self.reason = state.reason
 
 
 class Unauthorized(CmekError):
@@ -93,6 +107,14 @@ class Platform:
         self.objects: ObjectStore = open_object_store(
             settings.object_store, s3_endpoint_url=settings.s3_endpoint_url)
         self.hasher = PasswordHasher()
+        self.lifecycle = Lifecycle(
+            self.kms, self.engine, self.keyring, self.audit, clock,
+            Durations(check_interval=settings.check_interval,
+                      outage_grace=settings.outage_grace,
+                      restore_window=settings.restore_window,
+                      live_store_grace=settings.live_store_grace),
+            TenantEnforcer(self))
+        self.keyring.on_revoked = lambda tenant, err: self.lifecycle.report(tenant, err)
         self._stores: dict[str, TenantStore] = {}
         self._indexes: dict[str, SearchIndex] = {}
         self._stale_indexes: set[str] = set()
@@ -165,6 +187,15 @@ class Platform:
                       query={"options": f"-csearch_path={name}"})
         return sa.create_engine(url, pool_size=4, max_overflow=4)
 
+    def guard(self, tenant_id: str) -> None:
+        """Refuse (423) everything of a tenant whose key is not usable; read from the
+        control plane, so every process refuses as soon as one has locked."""
+        if self.control.tenant(tenant_id) is None:
+            raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+        state = self.lifecycle.state(tenant_id)
+        if not state.state.serving:
+            raise TenantKeyUnavailable(state)
+
     def store(self, tenant_id: str) -> TenantStore:
         with self._lock:
             store = self._stores.get(tenant_id)
@@ -176,8 +207,25 @@ class Platform:
                 self._stores[tenant_id] = store
             return store
 
+    def close_tenant_database(self, tenant_id: str) -> None:
+        """PostgreSQL: no new logins for the tenant's role, its sessions terminated."""
+        if self.settings.tenant_backend != "postgresql":
+            return
+        name = tenant_db_name(tenant_id)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f'ALTER ROLE "{name}" NOLOGIN')
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE usename = '{name}'")
+
+    def open_tenant_database(self, tenant_id: str) -> None:
+        if self.settings.tenant_backend != "postgresql":
+            return
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f'ALTER ROLE "{tenant_db_name(tenant_id)}" LOGIN')
+
     # --- authentication -------------------------------------------------------------------
     def login(self, tenant_id: str, email: str, password: str) -> tuple[str, float | None]:
+        self.guard(tenant_id)
         store = self.store(tenant_id)
         user = store.find_user(email) if isinstance(email, str) else None
         try:
@@ -197,6 +245,7 @@ class Platform:
         return self.control.issue(caller.tenant_id, caller.user_id, "api", self.clock.now(), None)
 
     def authenticate(self, token: str, tenant_id: str) -> Caller:
+        self.guard(tenant_id)
         info: TokenInfo | None = self.control.resolve(token, self.clock.now())
         if info is None:
             raise Unauthorized("missing, expired or revoked token")
@@ -344,11 +393,17 @@ class Platform:
         """Run every due schedule, backup and indexing job once; returns how many ran."""
         count = self.run_due_backups() + self.run_due_indexing()
         for tenant_id in self.tenant_ids():
+            state = self.lifecycle.state(tenant_id)
+            if not state.state.serving:
+                count += self.control.refuse_due_runs(tenant_id, self.clock.now(),
+                                                      "tenant_key_unavailable")
+                continue
             store = self.store(tenant_id)
             try:
                 due = store.due_schedule_ids(self.clock.now())
             except CmekError:
                 continue
+            self.control.remember_schedules(tenant_id, store.schedule_slots())
             for schedule_id in due:
                 self._run_schedule(store, schedule_id)
                 count += 1
@@ -367,6 +422,9 @@ class Platform:
                                                     json.dumps(result.to_json()).encode()))
             store.record_run(schedule_id, started, "succeeded", None, key,
                              {"rows": len(result.rows)})
+        except KmsError as e:
+            code = "tenant_key_unavailable" if isinstance(e, KeyRevoked) else e.code
+            store.record_run(schedule_id, started, "failed", code, None, None)
         except CmekError as e:
             store.record_run(schedule_id, started, "failed", e.code, None, None)
 
@@ -443,7 +501,18 @@ class Platform:
                 "event_name": str(detail.get("eventName", ""))[:100],
                 "request_id": str(detail.get("requestID", ""))[:100],
             })
+            self.lifecycle.check(tenant_id, cause="event")
         return tenants
+
+    def run_monitor(self) -> int:
+        """Poll the tenants whose check is due (spread with jitter, within the budget)."""
+        due = self.lifecycle.due(self.tenant_ids())
+        for tenant_id in due:
+            try:
+                self.lifecycle.check(tenant_id, cause="poll")
+            except CmekError:
+                continue
+        return len(due)
 
 
 def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +543,55 @@ def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
     if extra:
         raise InvalidInput(f"unknown sso fields: {', '.join(sorted(extra))[:200]}")
     return out
+
+
+class TenantEnforcer:
+    """What locking, restoring and destroying do to a tenant on this platform."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def lock(self, tenant_id: str, state: TenantKeyState) -> None:
+        p = self.platform
+        p.keyring.purge(tenant_id, reason=f"locked:{state.reason}")
+        p.control.revoke_tenant(tenant_id, p.clock.now())
+        with p._lock:
+            p._indexes.pop(tenant_id, None)
+            store = p._stores.get(tenant_id)
+        if store is not None:
+            store.close()
+        p.close_tenant_database(tenant_id)
+
+    def restart(self, tenant_id: str) -> None:
+        p = self.platform
+        p.open_tenant_database(tenant_id)
+        with p._lock:
+            store = p._stores.get(tenant_id)
+        if store is not None:
+            store.reopen()
+
+    def restore_from_backup(self, tenant_id: str) -> dict[str, Any]:
+        self.restart(tenant_id)
+        p = self.platform
+        backups = list_backups(tenant_id, p.objects)
+        if not backups:
+            return {"backup_id": None, "note": "no backup: live stores kept as they were"}
+        latest = backups[-1]
+        report = p.restore(tenant_id, latest.backup_id)
+        return {"backup_id": latest.backup_id, "backup_created_at": latest.created_at,
+                "changes_lost_after": latest.created_at, "rows": report["rows"]}
+
+    def destroy(self, tenant_id: str) -> dict[str, Any]:
+        """Crypto-shredding: every wrapped data key and every backup of the tenant goes;
+        its id stays reserved in the control plane."""
+        p = self.platform
+        p.keyring.purge(tenant_id, reason="destroyed")
+        with p.engine.begin() as conn:
+            keys = conn.execute(data_keys.delete().where(
+                data_keys.c.tenant_id == tenant_id)).rowcount
+        objects = p.objects.delete_prefix(f"tenants/{tenant_id}/")
+        p.control.revoke_tenant(tenant_id, p.clock.now())
+        return {"data_keys_deleted": int(keys), "objects_deleted": objects}
 
 
 tenant_dbs = sa.Table(

@@ -389,6 +389,14 @@ class TenantStore:
                 sa.select(schedules.c.schedule_id).where(schedules.c.next_run_at <= now)
                 .order_by(schedules.c.next_run_at))]
 
+    def schedule_slots(self) -> list[tuple[str, float, float]]:
+        """(schedule id, next run, period) of every schedule: clear bookkeeping the
+        platform keeps, so runs due while the tenant is locked are recorded as refused."""
+        with self._read() as conn:
+            return [(str(r[0]), float(r[1]), float(r[2])) for r in conn.execute(
+                sa.select(schedules.c.schedule_id, schedules.c.next_run_at,
+                          schedules.c.every_seconds))]
+
     def record_run(self, schedule_id: str, started_at: float, status: str,
                    error_code: str | None, result_key: str | None,
                    detail: dict[str, Any] | None) -> dict[str, Any]:

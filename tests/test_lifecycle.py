@@ -1,0 +1,171 @@
+"""The key lifecycle end to end: the customer changes its key in kmslocal, kmslocal
+forwards the key event to the platform, and the platform locks, restores or destroys."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kmslocal_harness import CUSTOMER, KmsLocal
+from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
+
+DAY = 86400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Waits for the platform to react (an event, not time passing), bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("the platform did not react in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KmsLocal, PlatformProcess]]:
+    base = tmp_path_factory.mktemp("lifecycle")
+    port = free_port()
+    config = base / "kmslocal.toml"
+    config.write_text("\n".join([
+        'region = "us-west-2"',
+        "[[principals]]", 'arn = "arn:aws:iam::111111111111:role/cmek-platform"',
+        'access_key_id = "AKIAKMSLOCALPROVIDER"',
+        'secret_access_key = "kmslocal-dev-provider-secret"',
+        "[[principals]]", 'arn = "arn:aws:iam::222222222222:user/key-admin"',
+        'access_key_id = "AKIAKMSLOCALCUSTOMER"',
+        'secret_access_key = "kmslocal-dev-customer-secret"',
+        "[[event_targets]]", 'account = "222222222222"',
+        f'url = "http://127.0.0.1:{port}/v1/key-events"',
+        'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]))
+    kms = KmsLocal(base / "kms", config)
+    kms.start()
+    platform = PlatformProcess(base / "platform", kms, port=port, extra_env={
+        "CMEK_CHECK_INTERVAL": "3600", "CMEK_BACKUP_INTERVAL": "0",
+        "CMEK_OUTAGE_GRACE": "300"})
+    platform.start()
+    yield kms, platform
+    platform.stop()
+    kms.stop()
+
+
+def key_view(platform: PlatformProcess, tenant: str) -> dict[str, Any]:
+    with platform.client(OPERATOR_TOKEN) as op:
+        return dict(op.get(f"/v1/tenants/{tenant}/key").json())
+
+
+def new_tenant(kms: KmsLocal, platform: PlatformProcess) -> tuple[str, str, str]:
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    arn = customer_key(kms)
+    platform.provision(tenant, arn)
+    token = platform.login(tenant)
+    with platform.client(token) as c:
+        r = c.put(f"/v1/tenants/{tenant}/objects/tables/t1", json={"title": "Before"})
+        assert r.status_code == 200
+    return tenant, arn, token
+
+
+def test_disable_locks_everything_and_enable_restores(env: tuple[KmsLocal, PlatformProcess]
+                                                      ) -> None:
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with platform.client(token) as c:
+        r = c.get(f"/v1/tenants/{tenant}/objects/tables/t1")
+    assert r.status_code == 423
+    assert r.json() == {"error": "tenant_key_unavailable", "key_state": "locked",
+                        "reason": "disabled", "message": r.json()["message"]}
+    assert "Before" not in r.text
+    with platform.client() as anon:
+        login = anon.post(f"/v1/tenants/{tenant}/sessions",
+                          json={"email": "admin@example.com", "password": "correct horse battery"})
+    assert login.status_code == 423
+    view = key_view(platform, tenant)
+    assert view["restore_deadline"] - view["live_store_deadline"] == pytest.approx(23 * DAY)
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "active")
+    assert key_view(platform, tenant)["reason"] == "restored:restart"
+    with platform.client(token) as c:  # the old session was revoked at the lock
+        assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 401
+    with platform.client(platform.login(tenant)) as c:
+        assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").json()["body"] == {
+            "title": "Before"}
+
+
+def test_schedule_deletion_then_cancel(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, arn, _ = new_tenant(kms, platform)
+    out = kms.client(CUSTOMER).schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "pending_deletion"
+                      and v)
+    assert view["deletion_date"] == pytest.approx(out["DeletionDate"].timestamp(), abs=1)
+    kms.client(CUSTOMER).cancel_key_deletion(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")  # now Disabled
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "active")
+    with platform.client(platform.login(tenant)) as c:
+        assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 200
+
+
+def test_provider_removed_from_policy_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    owner_only = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": '
+                  '{"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*", '
+                  '"Resource": "*"}]}')
+    kms.client(CUSTOMER).put_key_policy(KeyId=arn, PolicyName="default", Policy=owner_only)
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
+    assert view["reason"] == "access_denied"
+
+
+def test_restore_after_eight_days_comes_from_the_backup(env: tuple[KmsLocal, PlatformProcess]
+                                                        ) -> None:
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    with platform.client(token) as c:
+        assert c.post(f"/v1/tenants/{tenant}/backups").status_code == 201
+        c.put(f"/v1/tenants/{tenant}/objects/tables/t2", json={"title": "After the backup"})
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with platform.client() as c:
+        c.post("/_dev/clock", json={"advance_seconds": 8 * DAY})
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "active" and v)
+    assert view["reason"] == "restored:from_backup"
+    with platform.client(platform.login(tenant)) as c:
+        ids = [o["id"] for o in c.get(f"/v1/tenants/{tenant}/objects/tables").json()["objects"]]
+    assert ids == ["t1"]  # t2 came after the backup: reported lost in the audit trail
+
+
+def test_deletion_at_the_window_end_destroys(env: tuple[KmsLocal, PlatformProcess],
+                                             tmp_path: Path) -> None:
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    with platform.client(token) as c:
+        assert c.post(f"/v1/tenants/{tenant}/backups").status_code == 201
+    kms.client(CUSTOMER).schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "pending_deletion")
+    kms.advance(7 * DAY + 1)
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "destroyed" and v)
+    assert view["reason"] == "key_deleted"
+    objects = platform.data_dir / "objects" / "tenants" / tenant
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+    with platform.client(OPERATOR_TOKEN) as op:
+        again = op.post("/v1/tenants", json={"tenant_id": tenant, "kms_key_arn": customer_key(kms),
+                                              "admin_email": "a@b.c", "admin_password": "x" * 10})
+    assert again.status_code == 409  # the id stays reserved
