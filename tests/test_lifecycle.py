@@ -124,7 +124,7 @@ def test_schedule_deletion_then_cancel(env: tuple[KmsLocal, PlatformProcess]) ->
 
 def test_provider_removed_from_policy_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
     kms, platform = env
-    tenant, arn, token = new_tenant(kms, platform)
+    tenant, arn, _ = new_tenant(kms, platform)
     owner_only = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": '
                   '{"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*", '
                   '"Resource": "*"}]}')
