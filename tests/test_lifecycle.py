@@ -3,6 +3,7 @@ forwards the key event to the platform, and the platform locks, restores or dest
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -169,3 +170,81 @@ def test_deletion_at_the_window_end_destroys(env: tuple[KmsLocal, PlatformProces
         again = op.post("/v1/tenants", json={"tenant_id": tenant, "kms_key_arn": customer_key(kms),
                                               "admin_email": "a@b.c", "admin_password": "x" * 10})
     assert again.status_code == 409  # the id stays reserved
+
+
+def check_now(platform: PlatformProcess, tenant: str) -> dict[str, Any]:
+    with platform.client(OPERATOR_TOKEN) as op:
+        r = op.post(f"/v1/tenants/{tenant}/key/check")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_throttling_degrades_within_grace_and_locks_after(
+    env: tuple[KmsLocal, PlatformProcess]
+) -> None:
+    kms, platform = env
+    tenant, _, token = new_tenant(kms, platform)
+    kms.dev_call("POST", "/_kmslocal/faults", {"operations": ["DescribeKey", "Decrypt"],
+                                               "error": "ThrottlingException"})
+    try:
+        assert check_now(platform, tenant)["state"] == "degraded"
+        with platform.client(token) as c:  # still served from the data-key cache
+            assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 200
+        with platform.client() as c:
+            c.post("/_dev/clock", json={"advance_seconds": 120})
+        assert check_now(platform, tenant)["state"] == "degraded"  # not a lock: grace holds
+        with platform.client() as c:
+            c.post("/_dev/clock", json={"advance_seconds": 181})
+        view = check_now(platform, tenant)
+        assert (view["state"], view["reason"]) == ("locked", "kms_unavailable")
+        with platform.client(token) as c:
+            assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 423
+    finally:
+        kms.dev_call("DELETE", "/_kmslocal/faults")
+    view = check_now(platform, tenant)
+    assert (view["state"], view["reason"]) == ("active", "restored:restart")
+
+
+def test_short_throttling_never_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, _, token = new_tenant(kms, platform)
+    kms.dev_call("POST", "/_kmslocal/faults", {"operations": ["DescribeKey"],
+                                               "error": "ThrottlingException"})
+    try:
+        assert check_now(platform, tenant)["state"] == "degraded"
+    finally:
+        kms.dev_call("DELETE", "/_kmslocal/faults")
+    view = check_now(platform, tenant)
+    assert (view["state"], view["reason"]) == ("active", "kms_recovered")
+    with platform.client(token) as c:
+        assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 200
+
+
+def test_explicit_deny_on_decrypt_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, arn, _ = new_tenant(kms, platform)
+    policy = json.loads(kms.client(CUSTOMER).get_key_policy(KeyId=arn,
+                                                            PolicyName="default")["Policy"])
+    policy["Statement"].append({"Effect": "Deny", "Principal": {
+        "AWS": "arn:aws:iam::111111111111:root"}, "Action": "kms:Decrypt", "Resource": "*"})
+    kms.client(CUSTOMER).put_key_policy(KeyId=arn, PolicyName="default",
+                                        Policy=json.dumps(policy))
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
+    assert view["reason"] == "access_denied"
+
+
+def test_restore_window_over_destroys(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    with platform.client(token) as c:
+        assert c.post(f"/v1/tenants/{tenant}/backups").status_code == 201
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with platform.client() as c:
+        c.post("/_dev/clock", json={"advance_seconds": 30 * DAY + 1})
+    view = check_now(platform, tenant)
+    assert (view["state"], view["reason"]) == ("destroyed", "restore_window_over")
+    kms.client(CUSTOMER).enable_key(KeyId=arn)  # too late: nothing comes back
+    assert check_now(platform, tenant)["state"] == "destroyed"
+    objects = platform.data_dir / "objects" / "tenants" / tenant
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))

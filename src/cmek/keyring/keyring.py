@@ -42,7 +42,7 @@ from cmek.crypto.stream import STREAM_HEADER_LEN
 from cmek.errors import CmekError, DecryptionError, InvalidInput, TenantExists, UnknownTenant
 from cmek.keyring.categories import category_name
 from cmek.keyring.table import DataKeyRow, data_keys, metadata, row_to_key, tenants
-from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError
+from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError, KmsUnavailable
 
 T = TypeVar("T")
 
@@ -95,6 +95,7 @@ class Keyring:
         ttl: float = 300.0, refresh_ahead: float = 30.0,
         seal_budget: int = MAX_SEALS_PER_KEY, reserve_chunk: int = 1 << 20,
         on_revoked: Callable[[str, KeyRevoked], None] | None = None,
+        on_unavailable: Callable[[str, KmsError], None] | None = None,
         rewrap_with_reencrypt: bool = False,
     ) -> None:
         if ttl <= 0 or not 0 <= refresh_ahead < ttl:
@@ -110,6 +111,10 @@ class Keyring:
         self.seal_budget = seal_budget
         self.reserve_chunk = min(reserve_chunk, seal_budget)
         self.on_revoked = on_revoked
+        self.on_unavailable = on_unavailable
+        # During a KMS outage the lifecycle engine may let expired cached keys serve on,
+        # up to a deadline per tenant (its outage grace); never past it.
+        self._grace: dict[str, float] = {}
         self.rewrap_with_reencrypt = rewrap_with_reencrypt
         self._cache: dict[tuple[str, str, int], _Cached] = {}
         self._current: dict[tuple[str, str], int] = {}
@@ -189,6 +194,7 @@ class Keyring:
     def purge(self, tenant: str, reason: str = "requested") -> int:
         """Drop and wipe every cached data key of the tenant; returns how many."""
         with self._lock:
+            self._grace.pop(tenant, None)
             doomed = [k for k in self._cache if k[0] == tenant]
             entries = [self._cache.pop(k) for k in doomed]
             for k in [k for k in self._current if k[0] == tenant]:
@@ -201,6 +207,14 @@ class Keyring:
             "epochs": sorted(f"{c}:{e}" for _, c, e in doomed),
         })
         return len(entries)
+
+    def set_grace(self, tenant: str, until: float | None) -> None:
+        """Let the tenant's expired cached keys serve until ``until`` while KMS is out."""
+        with self._lock:
+            if until is None:
+                self._grace.pop(tenant, None)
+            else:
+                self._grace[tenant] = until
 
     def cached(self, tenant: str) -> list[tuple[str, int]]:
         with self._lock:
@@ -293,6 +307,8 @@ class Keyring:
                 self.purge(tenant, reason=f"key_revoked:{err.reason.value}")
                 if self.on_revoked is not None:
                     self.on_revoked(tenant, err)
+            elif isinstance(err, KmsUnavailable) and self.on_unavailable is not None:
+                self.on_unavailable(tenant, err)
             raise
         self.audit.append(tenant, "kms_call", {
             "operation": operation, "key_arn": key_arn, "context": context, "outcome": "ok",
@@ -363,8 +379,11 @@ class Keyring:
             entry = self._cache.get(slot)
             if entry is not None and self.clock.now() < entry.expires_at:
                 return entry
-            loaded = self._unwrap(slot, tolerate_outage=False)
-            assert loaded is not None
+            in_grace = entry is not None and self.clock.now() < self._grace.get(tenant, 0.0)
+            loaded = self._unwrap(slot, tolerate_outage=in_grace)
+            if loaded is None:  # KMS is out and the grace allows the expired key
+                assert entry is not None
+                return entry
             return loaded
 
     def _unwrap(self, slot: tuple[str, str, int], *, tolerate_outage: bool) -> _Cached | None:

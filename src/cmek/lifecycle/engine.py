@@ -259,6 +259,11 @@ class Lifecycle:
             latest = self.states.get(new.tenant_id)
             assert latest is not None
             return latest
+        if stored.state is KeyState.DEGRADED and stored.degraded_since is not None:
+            self.keyring.set_grace(stored.tenant_id,
+                                   stored.degraded_since + self.durations.outage_grace)
+        else:
+            self.keyring.set_grace(stored.tenant_id, None)
         if (previous is not None and previous.state is not stored.state) or (
                 previous is not None and previous.reason != stored.reason):
             assert previous is not None

@@ -114,7 +114,7 @@ class Platform:
                       restore_window=settings.restore_window,
                       live_store_grace=settings.live_store_grace),
             TenantEnforcer(self))
-        self.keyring.on_revoked = lambda tenant, err: self.lifecycle.report(tenant, err)
+        self.keyring.on_revoked = self.keyring.on_unavailable = self.lifecycle.report
         self._stores: dict[str, TenantStore] = {}
         self._indexes: dict[str, SearchIndex] = {}
         self._stale_indexes: set[str] = set()
