@@ -3,6 +3,7 @@ through the HTTP API of a real `cmek serve --dev` (its clock moved by /_dev/cloc
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,29 @@ def test_scheduled_backups_follow_the_interval(kmslocal: KmsLocal, tmp_path: Pat
             assert len(c.get(f"/v1/tenants/{name}/backups").json()["backups"]) == 2
     finally:
         proc.stop()
+
+
+def test_each_tenants_worker_runs_its_jobs_in_the_background(
+    platform: PlatformProcess, kmslocal: KmsLocal, tmp_path: Path
+) -> None:
+    tenants = []
+    for _ in range(2):
+        name = f"t{uuid.uuid4().hex[:10]}"
+        platform.provision(name, customer_key(kmslocal))
+        token = platform.login(name)
+        with platform.client(token) as c:
+            c.put(f"/v1/tenants/{name}/connections/wh", json={
+                "type": "duckdb",
+                "config": {"path": str(warehouse(tmp_path / f"{name}.duckdb"))}})
+            sid = c.post(f"/v1/tenants/{name}/schedules", json={
+                "name": "n", "connection": "wh", "sql": "select 1",
+                "every_seconds": 60}).json()["schedule_id"]
+        tenants.append((name, token, sid))
+    with platform.client() as c:
+        c.post("/_dev/clock", json={"advance_seconds": 61})
+    deadline = time.monotonic() + 15
+    for name, token, sid in tenants:  # no /_dev/jobs/run: the workers pick them up
+        with platform.client(token) as c:
+            while not c.get(f"/v1/tenants/{name}/schedules/{sid}/runs").json()["runs"]:
+                assert time.monotonic() < deadline, "the tenant's worker did not run"
+                time.sleep(0.05)  # waiting for the worker's run, bounded

@@ -142,7 +142,10 @@ def create_app(platform: Platform) -> FastAPI:
                     log.exception("%s failed; retrying", what)
                 await asyncio.sleep(seconds)
 
-        tasks = [asyncio.create_task(every(JOB_TICK_SECONDS, platform.run_due_jobs, "jobs")),
+        def jobs() -> int:
+            return platform.run_due_jobs(in_workers=True)
+
+        tasks = [asyncio.create_task(every(JOB_TICK_SECONDS, jobs, "jobs")),
                  asyncio.create_task(every(MONITOR_TICK_SECONDS, platform.run_monitor,
                                            "key monitor"))]
         try:

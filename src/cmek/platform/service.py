@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,13 @@ class Platform:
             TenantEnforcer(self))
         self.keyring.on_revoked = self.keyring.on_unavailable = self.lifecycle.report
         self._stores: dict[str, TenantStore] = {}
+        self.workers = TenantWorkers(self.run_tenant_jobs)
         self._indexes: dict[str, SearchIndex] = {}
         self._stale_indexes: set[str] = set()
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.workers.stop_all()
         for store in list(self._stores.values()):
             store.close()
         self.engine.dispose()
@@ -389,25 +393,34 @@ class Platform:
             done += 1
         return done
 
-    def run_due_jobs(self) -> int:
-        """Run every due schedule, backup and indexing job once; returns how many ran."""
+    def run_due_jobs(self, *, in_workers: bool = False) -> int:
+        """Run every due schedule, backup and indexing job once. A locked tenant's due
+        schedules are recorded as refused; with ``in_workers`` each serving tenant's
+        schedules run on that tenant's own worker thread instead of here."""
         count = self.run_due_backups() + self.run_due_indexing()
         for tenant_id in self.tenant_ids():
-            state = self.lifecycle.state(tenant_id)
-            if not state.state.serving:
+            if not self.lifecycle.state(tenant_id).state.serving:
+                self.workers.stop(tenant_id)
                 count += self.control.refuse_due_runs(tenant_id, self.clock.now(),
                                                       "tenant_key_unavailable")
-                continue
+            elif in_workers:
+                self.workers.kick(tenant_id)
+            else:
+                count += self.run_tenant_jobs(tenant_id)
+        return count
+
+    def run_tenant_jobs(self, tenant_id: str) -> int:
+        """The due schedules of one tenant, one run at a time per tenant."""
+        with self.workers.lock(tenant_id):
             store = self.store(tenant_id)
             try:
                 due = store.due_schedule_ids(self.clock.now())
+                self.control.remember_schedules(tenant_id, store.schedule_slots())
             except CmekError:
-                continue
-            self.control.remember_schedules(tenant_id, store.schedule_slots())
+                return 0
             for schedule_id in due:
                 self._run_schedule(store, schedule_id)
-                count += 1
-        return count
+            return len(due)
 
     def _run_schedule(self, store: TenantStore, schedule_id: str) -> None:
         started = self.clock.now()
@@ -545,6 +558,63 @@ def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class TenantWorkers:
+    """One worker thread per tenant for its jobs: a slow warehouse of one tenant never
+    delays another's reports, and a locked tenant's worker is stopped."""
+
+    def __init__(self, run: Callable[[str], int]) -> None:
+        self._run = run
+        self._events: dict[str, threading.Event] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._stopped: set[str] = set()
+        self._guard = threading.Lock()
+
+    def lock(self, tenant_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(tenant_id, threading.Lock())
+
+    def kick(self, tenant_id: str) -> None:
+        with self._guard:
+            self._stopped.discard(tenant_id)
+            event = self._events.setdefault(tenant_id, threading.Event())
+            thread = self._threads.get(tenant_id)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._loop, args=(tenant_id, event),
+                                          name=f"cmek-jobs-{tenant_id}", daemon=True)
+                self._threads[tenant_id] = thread
+                thread.start()
+        event.set()
+
+    def stop(self, tenant_id: str) -> None:
+        with self._guard:
+            self._stopped.add(tenant_id)
+            event = self._events.get(tenant_id)
+        if event is not None:
+            event.set()
+
+    def stop_all(self) -> None:
+        with self._guard:
+            tenants = list(self._events)
+        for tenant_id in tenants:
+            self.stop(tenant_id)
+
+    def running(self, tenant_id: str) -> bool:
+        thread = self._threads.get(tenant_id)
+        return thread is not None and thread.is_alive()
+
+    def _loop(self, tenant_id: str, event: threading.Event) -> None:
+        while True:
+            event.wait()
+            event.clear()
+            if tenant_id in self._stopped:
+                return
+            try:
+                self._run(tenant_id)
+            except Exception:  # one bad run must not end the tenant's worker
+                logging.getLogger("cmek.platform").exception("jobs of a tenant failed")
+
+
 class TenantEnforcer:
     """What locking, restoring and destroying do to a tenant on this platform."""
 
@@ -554,6 +624,7 @@ class TenantEnforcer:
     def lock(self, tenant_id: str, state: TenantKeyState) -> None:
         p = self.platform
         p.keyring.purge(tenant_id, reason=f"locked:{state.reason}")
+        p.workers.stop(tenant_id)
         p.control.revoke_tenant(tenant_id, p.clock.now())
         with p._lock:
             p._indexes.pop(tenant_id, None)
