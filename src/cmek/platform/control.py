@@ -29,6 +29,7 @@ tokens = sa.Table(
     sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
     sa.Column("user_id", sa.String(36), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # session | api
+    sa.Column("role", sa.String(16), nullable=False),  # the user's role when issued
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True),  # None: until revoked (API tokens)
     sa.Column("revoked_at", sa.Float, nullable=True),
@@ -66,6 +67,7 @@ class TokenInfo:
     tenant_id: str
     user_id: str
     kind: str
+    role: str
     expires_at: float | None
 
 
@@ -96,14 +98,14 @@ class ControlPlane:
                 sa.select(tenants).order_by(tenants.c.tenant_id))]
 
     # --- tokens ---------------------------------------------------------------------------
-    def issue(self, tenant_id: str, user_id: str, kind: str, now: float,
+    def issue(self, tenant_id: str, user_id: str, role: str, kind: str, now: float,
               ttl: float | None) -> tuple[str, float | None]:
         token = new_token("cms" if kind == "session" else "cma")
         expires = None if ttl is None else now + ttl
         with self.engine.begin() as conn:
             conn.execute(tokens.insert().values(
                 token_hash=token_hash(token), tenant_id=tenant_id, user_id=user_id, kind=kind,
-                created_at=now, expires_at=expires))
+                role=role, created_at=now, expires_at=expires))
         return token, expires
 
     def resolve(self, token: str, now: float) -> TokenInfo | None:
@@ -114,7 +116,7 @@ class ControlPlane:
             return None
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return None
-        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.expires_at)
+        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.role, row.expires_at)
 
     def revoke(self, token: str, now: float) -> bool:
         with self.engine.begin() as conn:

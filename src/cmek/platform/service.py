@@ -118,6 +118,7 @@ class Platform:
             TenantEnforcer(self))
         self.keyring.on_revoked = self.keyring.on_unavailable = self.lifecycle.report
         self._stores: dict[str, TenantStore] = {}
+        self._known_tenants: set[str] = set()
         self.workers = TenantWorkers(self.run_tenant_jobs)
         self._indexes: dict[str, SearchIndex] = {}
         self._stale_indexes: set[str] = set()
@@ -194,11 +195,18 @@ class Platform:
     def guard(self, tenant_id: str) -> None:
         """Refuse (423) everything of a tenant whose key is not usable; read from the
         control plane, so every process refuses as soon as one has locked."""
-        if self.control.tenant(tenant_id) is None:
-            raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+        self._known(tenant_id)
         state = self.lifecycle.state(tenant_id)
         if not state.state.serving:
             raise TenantKeyUnavailable(state)
+
+    def _known(self, tenant_id: str) -> None:
+        """Tenant ids are never released, so a known one need not be looked up again."""
+        if tenant_id in self._known_tenants:
+            return
+        if self.control.tenant(tenant_id) is None:
+            raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+        self._known_tenants.add(tenant_id)
 
     def store(self, tenant_id: str) -> TenantStore:
         with self._lock:
@@ -241,12 +249,13 @@ class Platform:
             store.log("login_failed", "anonymous", {})
             raise Unauthorized("wrong email or password") from None
         store.log("login", user["user_id"], {})
-        return self.control.issue(tenant_id, user["user_id"], "session", self.clock.now(),
-                                  SESSION_TTL)
+        return self.control.issue(tenant_id, user["user_id"], str(user["role"]), "session",
+                                  self.clock.now(), SESSION_TTL)
 
     def api_token(self, caller: Caller) -> tuple[str, float | None]:
         self.store(caller.tenant_id).log("api_token_created", caller.user_id, {})
-        return self.control.issue(caller.tenant_id, caller.user_id, "api", self.clock.now(), None)
+        return self.control.issue(caller.tenant_id, caller.user_id, caller.role, "api",
+                                  self.clock.now(), None)
 
     def authenticate(self, token: str, tenant_id: str) -> Caller:
         self.guard(tenant_id)
@@ -255,8 +264,7 @@ class Platform:
             raise Unauthorized("missing, expired or revoked token")
         if info.tenant_id != tenant_id:
             raise Forbidden("this token belongs to another tenant")
-        user = self.store(tenant_id).get_user(info.user_id)
-        return Caller(tenant_id, info.user_id, str(user["role"]), info.kind, token)
+        return Caller(tenant_id, info.user_id, info.role, info.kind, token)
 
     def logout(self, caller: Caller) -> None:
         self.control.revoke(caller.token, self.clock.now())
