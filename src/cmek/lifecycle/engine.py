@@ -126,13 +126,8 @@ class Lifecycle:
         key_arn = self.keyring.key_arn(tenant_id)
         try:
             described = self.kms.describe_key(key_arn)
-        except KeyRevoked as err:
-            return _revoked(err)
-        except KmsUnavailable as err:
-            return Observation(False, KeyState.DEGRADED, "kms_unavailable", err.request_id)
         except KmsError as err:
-            return Observation(False, KeyState.LOCKED, f"kms_error:{err.kms_code or err.code}",
-                               err.request_id)
+            return _failed(err)
         if described.key_state == "PendingDeletion":
             return Observation(False, KeyState.PENDING_DELETION, "pending_deletion",
                                described.request_id, described.deletion_date)
@@ -145,13 +140,8 @@ class Lifecycle:
         category, epoch, wrapped, arn = canary
         try:
             out = self.kms.decrypt(arn, wrapped, encryption_context(tenant_id, category, epoch))
-        except KeyRevoked as err:
-            return _revoked(err)
-        except KmsUnavailable as err:
-            return Observation(False, KeyState.DEGRADED, "kms_unavailable", err.request_id)
         except KmsError as err:
-            return Observation(False, KeyState.LOCKED, f"kms_error:{err.kms_code or err.code}",
-                               err.request_id)
+            return _failed(err)
         out.plaintext[:] = bytes(len(out.plaintext))
         return Observation(True, KeyState.ACTIVE, "key_usable", out.request_id)
 
@@ -301,6 +291,16 @@ class Lifecycle:
                 out.append(tenant_id)
                 self._next_check[tenant_id] = now + interval * self._rng.uniform(0.9, 1.1)
         return out
+
+
+def _failed(err: KmsError) -> Observation:
+    """A check's KMS call failed: revoked-class locks, transient degrades."""
+    if isinstance(err, KeyRevoked):
+        return _revoked(err)
+    if isinstance(err, KmsUnavailable):
+        return Observation(False, KeyState.DEGRADED, "kms_unavailable", err.request_id)
+    return Observation(False, KeyState.LOCKED, f"kms_error:{err.kms_code or err.code}",
+                       err.request_id)
 
 
 def _revoked(err: KeyRevoked) -> Observation:
