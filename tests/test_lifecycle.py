@@ -248,3 +248,36 @@ def test_restore_window_over_destroys(env: tuple[KmsLocal, PlatformProcess]) -> 
     assert check_now(platform, tenant)["state"] == "destroyed"
     objects = platform.data_dir / "objects" / "tenants" / tenant
     assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+
+
+def test_restore_after_one_day_is_a_restart(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    tenant, arn, _ = new_tenant(kms, platform)
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with platform.client() as c:
+        c.post("/_dev/clock", json={"advance_seconds": DAY})
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "active" and v)
+    assert view["reason"] == "restored:restart"
+    with platform.client(platform.login(tenant)) as c:
+        assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 200
+
+
+def test_revoking_the_only_grant_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
+    kms, platform = env
+    owner_only = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::222222222222:root"},
+        "Action": "kms:*", "Resource": "*"}]})
+    arn = customer_key(kms, owner_only)
+    grant = kms.client(CUSTOMER).create_grant(
+        KeyId=arn, GranteePrincipal="arn:aws:iam::111111111111:role/cmek-platform",
+        Operations=["Encrypt", "Decrypt", "GenerateDataKey", "DescribeKey"])
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    platform.provision(tenant, arn)
+    with platform.client(platform.login(tenant)) as c:
+        assert c.put(f"/v1/tenants/{tenant}/objects/tables/t1",
+                     json={"title": "x"}).status_code == 200
+    kms.client(CUSTOMER).revoke_grant(KeyId=arn, GrantId=grant["GrantId"])
+    view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
+    assert view["reason"] == "access_denied"
