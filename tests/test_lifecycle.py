@@ -281,3 +281,56 @@ def test_revoking_the_only_grant_locks(env: tuple[KmsLocal, PlatformProcess]) ->
     kms.client(CUSTOMER).revoke_grant(KeyId=arn, GrantId=grant["GrantId"])
     view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
     assert view["reason"] == "access_denied"
+
+
+def test_sixteen_clients_while_the_key_is_disabled(env: tuple[KmsLocal, PlatformProcess]
+                                                   ) -> None:
+    """No response started after the lock carries data; no acknowledged write is lost."""
+    import threading
+
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    acknowledged: dict[str, str] = {}
+    after_lock: list[tuple[int, str]] = []
+    locked_at: list[float] = []
+    stop = threading.Event()
+    guard = threading.Lock()
+
+    def client(n: int) -> None:
+        with platform.client(token) as c:
+            for i in range(400):  # bounded; stopped earlier once the lock is seen
+                if stop.is_set():
+                    return
+                oid, body = f"c{n}-{i}", f"value {n}/{i}"
+                started = time.monotonic()
+                put = c.put(f"/v1/tenants/{tenant}/objects/tables/{oid}", json={"v": body})
+                got = c.get(f"/v1/tenants/{tenant}/objects/tables/{oid}")
+                with guard:
+                    if put.status_code == 200:
+                        acknowledged[oid] = body
+                    if locked_at and started > locked_at[0]:
+                        after_lock.extend([(put.status_code, put.text),
+                                           (got.status_code, got.text)])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(acknowledged) >= 50)
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with guard:
+        locked_at.append(time.monotonic())
+    wait_until(lambda: len(after_lock) >= 32 or not any(t.is_alive() for t in threads))
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert after_lock, "no request was made after the lock"
+    assert {status for status, _ in after_lock} <= {423, 401}
+    assert not any("value " in text for _, text in after_lock)
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "active")
+    with platform.client(platform.login(tenant)) as c:
+        for oid, body in acknowledged.items():
+            r = c.get(f"/v1/tenants/{tenant}/objects/tables/{oid}")
+            assert r.status_code == 200, oid
+            assert r.json()["body"] == {"v": body}
