@@ -212,6 +212,12 @@ def _serve(args: argparse.Namespace) -> int:
                  port=args.port, dev=args.dev or None)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from cmek.platform.demo import main as demo
+
+    return demo()
+
+
 # --- parser ---------------------------------------------------------------------------
 def _aws_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="KMS endpoint (default: AWS; or $CMEK_KMS_ENDPOINT_URL)")
@@ -273,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="0 picks a free port")
     serve.add_argument("--dev", action="store_true", help="dev mode: movable clock")
     serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="the whole key lifecycle, scripted, on a local stack")
+    demo.set_defaults(func=_demo)
 
     audit = sub.add_parser("audit", help="verify or export a tenant's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

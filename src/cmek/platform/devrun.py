@@ -7,6 +7,7 @@ and sample data is loaded over the HTTP API. Ctrl-C stops both processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +34,24 @@ ADMIN = ("admin@demo.example", "demo admin password")
 ANALYST = ("analyst@demo.example", "demo analyst password")
 
 
-def _start(cmd: list[str], env: dict[str, str], prefix: str) -> tuple[subprocess.Popen[str], str]:
+def _start(cmd: list[str], env: dict[str, str], prefix: str,
+           verbose: bool = True) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(prefix):
-            threading.Thread(target=_relay, args=(proc, cmd[2]), daemon=True).start()
+            threading.Thread(target=_relay, args=(proc, cmd[2], verbose), daemon=True).start()
             return proc, line.split()[-1]
     raise SystemExit(f"{cmd[2]} did not start")
 
 
-def _relay(proc: subprocess.Popen[str], name: str) -> None:
-    """Pass a child's log lines through, so its pipe never fills and blocks it."""
+def _relay(proc: subprocess.Popen[str], name: str, verbose: bool) -> None:
+    """Pass a child's log lines through (or drop them), so its pipe never fills."""
     assert proc.stdout is not None
     for line in proc.stdout:
-        print(f"[{name}] {line}", end="", flush=True)
+        if verbose:
+            print(f"[{name}] {line}", end="", flush=True)
 
 
 def _kmslocal_config(path: Path, event_secret: str) -> None:
@@ -120,8 +125,18 @@ def load_sample_data(base: str, token: str, warehouse: Path) -> None:
             "sql": answers["revenue-by-region"][1], "every_seconds": 86400}))
 
 
-def main() -> int:
-    root = Path(os.environ.get("CMEK_RUN_DIR", ".run")).resolve()
+@dataclass
+class Demo:
+    url: str
+    kms_url: str
+    key_arn: str
+    operator_token: str
+    procs: tuple[subprocess.Popen[str], ...]
+
+
+@contextlib.contextmanager
+def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
+    """kmslocal and the platform with the demo tenant and its sample data; stops both."""
     if root.exists():
         shutil.rmtree(root)  # each run starts from a fresh demo
     (root / "platform").mkdir(parents=True)
@@ -134,15 +149,16 @@ def main() -> int:
                  "AWS_EC2_METADATA_DISABLED": "true"}
     kms, kms_url = _start([sys.executable, "-m", "kmslocal.cli", "serve", "--dev", "--port",
                            str(KMS_PORT), "--data-dir", str(root / "kmslocal"), "--config",
-                           str(root / "kmslocal.toml")], base_env, "kmslocal listening on ")
+                           str(root / "kmslocal.toml")], base_env, "kmslocal listening on ",
+                          verbose)
     platform_env = base_env | {
         "CMEK_DATA_DIR": str(root / "platform"), "CMEK_KMS_ENDPOINT_URL": kms_url,
         "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": operator_token,
         "CMEK_EVENT_SECRET": event_secret, "AWS_ACCESS_KEY_ID": PROVIDER[0],
-        "AWS_SECRET_ACCESS_KEY": PROVIDER[1],
+        "AWS_SECRET_ACCESS_KEY": PROVIDER[1], "CMEK_BACKUP_INTERVAL": "0",
     }
     platform, url = _start([sys.executable, "-m", "cmek.cli", "serve", "--dev", "--port",
-                            str(PLATFORM_PORT)], platform_env, "cmek listening on ")
+                            str(PLATFORM_PORT)], platform_env, "cmek listening on ", verbose)
     try:
         customer_env = base_env | {"AWS_ACCESS_KEY_ID": CUSTOMER[0],
                                    "AWS_SECRET_ACCESS_KEY": CUSTOMER[1],
@@ -165,9 +181,24 @@ def main() -> int:
         warehouse = root / "warehouse.duckdb"
         _warehouse(warehouse)
         load_sample_data(url, token, warehouse)
+        yield Demo(url, kms_url, key_arn, operator_token, (kms, platform))
+    finally:
+        for proc in (platform, kms):
+            proc.terminate()
+        for proc in (platform, kms):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    root = Path(os.environ.get("CMEK_RUN_DIR", ".run")).resolve()
+    with running_demo(root) as demo:
+        url, kms_url, key_arn = demo.url, demo.kms_url, demo.key_arn
         print(f"""
 cmek is running (Ctrl-C stops it)
-  platform API   {url}          operator token: {operator_token}
+  platform API   {url}          operator token: {demo.operator_token}
   kmslocal       {kms_url}      (dev mode)
   demo tenant    {TENANT}, key {key_arn}
   users          {ADMIN[0]} / {ADMIN[1]}  (admin)
@@ -179,16 +210,9 @@ try:
   curl -s {url}/v1/tenants/{TENANT}/search?q=revenue -H "Authorization: Bearer $TOKEN"
   AWS_ACCESS_KEY_ID={CUSTOMER[0]} AWS_SECRET_ACCESS_KEY={CUSTOMER[1]} AWS_REGION=us-west-2 \\
        cmek usage --key-arn {key_arn} --endpoint-url {kms_url}
+  cmek demo    (the whole key lifecycle, scripted)
 """, flush=True)
-        _wait(kms, platform)
-    finally:
-        for proc in (platform, kms):
-            proc.terminate()
-        for proc in (platform, kms):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _wait(*demo.procs)
     return 0
 
 
