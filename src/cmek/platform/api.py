@@ -142,9 +142,10 @@ def create_app(platform: Platform) -> FastAPI:
                     log.exception("%s failed; retrying", what)
                 await asyncio.sleep(seconds)
 
-        def jobs() -> int:
-            return platform.run_due_jobs(in_workers=True)
+        def jobs() -> int:  # one process runs the jobs: the same one as the monitor
+            return platform.run_due_jobs(in_workers=True) if platform.cluster.is_leader() else 0
 
+        platform.cluster.start()
         tasks = [asyncio.create_task(every(JOB_TICK_SECONDS, jobs, "jobs")),
                  asyncio.create_task(every(MONITOR_TICK_SECONDS, platform.run_monitor,
                                            "key monitor"))]
@@ -378,6 +379,10 @@ def create_app(platform: Platform) -> FastAPI:
                 raise CmekError("this clock cannot be moved")
             advance(body.advance_seconds)
             return {"now": platform.clock.now()}
+
+        @app.get("/_dev/cluster")
+        async def dev_cluster() -> dict[str, bool]:
+            return {"leader": await call(platform.cluster.is_leader)}
 
         @app.post("/_dev/jobs/run")
         async def dev_run_jobs() -> dict[str, int]:

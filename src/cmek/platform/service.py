@@ -31,6 +31,7 @@ from cmek.keyring.table import data_keys
 from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
 from cmek.lifecycle import Durations, Lifecycle, TenantKeyState
 from cmek.platform import connectors
+from cmek.platform.cluster import Cluster
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, TokenInfo
 from cmek.stores.backup import BackupInfo, create_backup, list_backups, restore_backup
@@ -117,6 +118,8 @@ class Platform:
                       live_store_grace=settings.live_store_grace),
             TenantEnforcer(self))
         self.keyring.on_revoked = self.keyring.on_unavailable = self.lifecycle.report
+        self.cluster = Cluster(settings.database_url, self.enforce_locally)
+        self.lifecycle.on_change = lambda state: self.cluster.announce(state.tenant_id)
         self._stores: dict[str, TenantStore] = {}
         self._known_tenants: set[str] = set()
         self.workers = TenantWorkers(self.run_tenant_jobs)
@@ -125,6 +128,7 @@ class Platform:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.cluster.stop()
         self.workers.stop_all()
         for store in list(self._stores.values()):
             store.close()
@@ -525,8 +529,28 @@ class Platform:
             self.lifecycle.check(tenant_id, cause="event")
         return tenants
 
+    def enforce_locally(self, tenant_id: str) -> None:
+        """Another process changed the tenant's key state: act on it in this one."""
+        state = self.lifecycle.state(tenant_id)
+        if not state.state.serving:
+            self.keyring.purge(tenant_id, reason=f"announced:{state.state.value}")
+            self.workers.stop(tenant_id)
+            with self._lock:
+                self._indexes.pop(tenant_id, None)
+                store = self._stores.get(tenant_id)
+            if store is not None:
+                store.close()
+        else:
+            with self._lock:
+                store = self._stores.get(tenant_id)
+            if store is not None:
+                store.reopen()
+
     def run_monitor(self) -> int:
-        """Poll the tenants whose check is due (spread with jitter, within the budget)."""
+        """Poll the tenants whose check is due (spread with jitter, within the budget);
+        only the leader process does."""
+        if not self.cluster.is_leader():
+            return 0
         due = self.lifecycle.due(self.tenant_ids())
         for tenant_id in due:
             try:

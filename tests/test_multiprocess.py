@@ -1,0 +1,108 @@
+"""Three platform processes over one PostgreSQL control plane: one leader runs the
+monitor and hands over when it dies; a lock reaches every process at once."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kmslocal_harness import CUSTOMER, KmsLocal
+from tests.pg import create_database
+from tests.platform_harness import EVENT_SECRET, PlatformProcess, customer_key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_admin_url: str) -> Iterator[tuple[KmsLocal, list[PlatformProcess]]]:
+    ports = [free_port() for _ in range(3)]
+    config = tmp_path / "kmslocal.toml"
+    config.write_text("\n".join([
+        'region = "us-west-2"',
+        "[[principals]]", 'arn = "arn:aws:iam::111111111111:role/cmek-platform"',
+        'access_key_id = "AKIAKMSLOCALPROVIDER"',
+        'secret_access_key = "kmslocal-dev-provider-secret"',
+        "[[principals]]", 'arn = "arn:aws:iam::222222222222:user/key-admin"',
+        'access_key_id = "AKIAKMSLOCALCUSTOMER"',
+        'secret_access_key = "kmslocal-dev-customer-secret"',
+        "[[event_targets]]", 'account = "222222222222"',
+        f'url = "http://127.0.0.1:{ports[0]}/v1/key-events"',
+        'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]))
+    kms = KmsLocal(tmp_path / "kms", config)
+    kms.start()
+    env = {"CMEK_DATABASE_URL": create_database(pg_admin_url), "CMEK_CHECK_INTERVAL": "3600",
+           "CMEK_BACKUP_INTERVAL": "0"}
+    procs = [PlatformProcess(tmp_path / "platform", kms, extra_env=env, port=p) for p in ports]
+    for proc in procs:
+        proc.start()
+    yield kms, procs
+    for proc in procs:
+        proc.stop()
+    kms.stop()
+
+
+def leaders(procs: list[PlatformProcess]) -> list[int]:
+    out = []
+    for i, proc in enumerate(procs):
+        if proc.process is None:
+            continue
+        with proc.client() as c:
+            if c.get("/_dev/cluster").json()["leader"]:
+                out.append(i)
+    return out
+
+
+def test_every_process_refuses_within_a_second(
+    cluster: tuple[KmsLocal, list[PlatformProcess]]
+) -> None:
+    kms, procs = cluster
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    arn = customer_key(kms)
+    procs[0].provision(tenant, arn)
+    token = procs[0].login(tenant)
+    for proc in procs:  # every process has the tenant's keys cached
+        with proc.client(token) as c:
+            assert c.put(f"/v1/tenants/{tenant}/objects/tables/t1",
+                         json={"title": "x"}).status_code == 200
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    t0 = time.monotonic()
+    refused: dict[int, float] = {}
+    while len(refused) < 3 and time.monotonic() - t0 < 10:
+        for i, proc in enumerate(procs):
+            if i not in refused:
+                with proc.client(token) as c:
+                    if c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 423:
+                        refused[i] = time.monotonic() - t0
+        time.sleep(0.01)  # probing the processes, bounded by the loop's deadline
+    assert sorted(refused) == [0, 1, 2]
+    assert max(refused.values()) < 1.0, refused
+
+
+def test_the_monitor_has_one_leader_and_it_hands_over(
+    cluster: tuple[KmsLocal, list[PlatformProcess]]
+) -> None:
+    _, procs = cluster
+    deadline = time.monotonic() + 10
+    while len(current := leaders(procs)) != 1:
+        assert time.monotonic() < deadline, current
+        time.sleep(0.05)
+    leader = procs[current[0]]
+    assert leader.process is not None
+    leader.process.send_signal(signal.SIGKILL)
+    leader.process.wait()
+    leader.process = None
+    deadline = time.monotonic() + 15
+    while len(after := leaders(procs)) != 1:
+        assert time.monotonic() < deadline, "no process took over the monitor"
+        time.sleep(0.1)
+    assert after != current
