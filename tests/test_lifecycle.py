@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.kmslocal_harness import CUSTOMER, KmsLocal
+import cmek
+from cmek.errors import DecryptionError
+from cmek.kms import KeyRevoked, KmsSettings
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
 from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
 
 DAY = 86400
@@ -69,6 +73,19 @@ def key_view(platform: PlatformProcess, tenant: str) -> dict[str, Any]:
         return dict(op.get(f"/v1/tenants/{tenant}/key").json())
 
 
+def read_directly(kms: KmsLocal, platform: PlatformProcess, tenant: str) -> Any:
+    """Open the tenant's stored object from its database file with a brand-new keyring,
+    as another process (or a copy of the disks) would."""
+    with sqlite3.connect(platform.data_dir / "tenants" / tenant / "tenant.sqlite3") as db:
+        kind, oid, version, sealed = db.execute(
+            "select kind, object_id, version, sealed from objects where object_id = 't1'"
+        ).fetchone()
+    keyring = cmek.connect(f"sqlite:///{platform.data_dir / 'control.sqlite3'}", KmsSettings(
+        region="us-west-2", endpoint_url=kms.url, access_key_id=PROVIDER[1],
+        secret_access_key=PROVIDER[2], max_attempts=1))
+    return json.loads(keyring.open(tenant, "metadata", f"{kind}/{oid}/{version}", sealed))
+
+
 def new_tenant(kms: KmsLocal, platform: PlatformProcess) -> tuple[str, str, str]:
     tenant = f"t{uuid.uuid4().hex[:10]}"
     arn = customer_key(kms)
@@ -98,8 +115,11 @@ def test_disable_locks_everything_and_enable_restores(env: tuple[KmsLocal, Platf
     assert login.status_code == 423
     view = key_view(platform, tenant)
     assert view["restore_deadline"] - view["live_store_deadline"] == pytest.approx(23 * DAY)
+    with pytest.raises(KeyRevoked):  # the stores read directly, by a fresh process
+        read_directly(kms, platform, tenant)
     kms.client(CUSTOMER).enable_key(KeyId=arn)
     wait_until(lambda: key_view(platform, tenant)["state"] == "active")
+    assert read_directly(kms, platform, tenant) == {"title": "Before"}
     assert key_view(platform, tenant)["reason"] == "restored:restart"
     with platform.client(token) as c:  # the old session was revoked at the lock
         assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 401
@@ -248,6 +268,14 @@ def test_restore_window_over_destroys(env: tuple[KmsLocal, PlatformProcess]) -> 
     assert check_now(platform, tenant)["state"] == "destroyed"
     objects = platform.data_dir / "objects" / "tenants" / tenant
     assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+    with sqlite3.connect(platform.data_dir / "control.sqlite3") as db:  # keys shredded
+        assert db.execute("select count(*) from cmek_data_keys where tenant_id = ?",
+                          (tenant,)).fetchone() == (0,)
+        kinds = {k for (k,) in db.execute(
+            "select kind from audit_entries where tenant = ?", (tenant,))}
+    assert "crypto_shred_attestation" in kinds
+    with pytest.raises(DecryptionError):  # the ciphertext is still there; its key is not
+        read_directly(kms, platform, tenant)
 
 
 def test_restore_after_one_day_is_a_restart(env: tuple[KmsLocal, PlatformProcess]) -> None:
