@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kms_latency.py
 	$(BIN)/python bench/crypto_compare.py
 	$(BIN)/python bench/platform_latency.py
+	$(BIN)/python bench/time_to_lock.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

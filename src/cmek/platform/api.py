@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cmek.errors import CmekError
+from cmek.kms import KeyRevoked, RevocationReason
 from cmek.platform.service import (
     Caller,
     Forbidden,
@@ -168,6 +169,11 @@ def create_app(platform: Platform) -> FastAPI:
             return error(exc.code, exc.message, findings=exc.findings)
         if isinstance(exc, TenantKeyUnavailable):
             return error(exc.code, exc.message, key_state=exc.key_state, reason=exc.reason)
+        if isinstance(exc, KeyRevoked):  # met on the data path: the tenant is being locked
+            state = ("pending_deletion" if exc.reason is RevocationReason.PENDING_DELETION
+                     else "locked")
+            return error("tenant_key_unavailable", "the tenant's key is unavailable",
+                         key_state=state, reason=exc.reason.value)
         return error(exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)

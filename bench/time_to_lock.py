@@ -1,0 +1,305 @@
+"""Time to lock and time to restore, as the tenant sees them.
+
+kmslocal and ``cmek serve --dev`` run as their own processes in a temporary directory, in
+two modes:
+
+- events:  kmslocal forwards the customer account's key events to the platform
+           (``POST /v1/key-events``); polling is effectively off (CMEK_CHECK_INTERVAL=3600).
+- polling: no event target; the platform polls each key every CMEK_CHECK_INTERVAL=1 s.
+
+One tenant per mode, one stored object. Each trial:
+
+- time to lock:    ``DisableKey`` returns -> first 423 on ``GET`` of the object
+                   (probed in a loop, 5 ms between probes);
+- time to restore: ``EnableKey`` returns -> a fresh login and the same ``GET`` answer 200
+                   (sessions are revoked at a lock; login answers 423 while locked).
+
+Prints p50, p99 and max per mode and whether the goals hold (lock p99 < 1 s with
+events, < check_interval + 1 s with polling); writes JSON
+(bench/results/time_to_lock.json).
+
+    python bench/time_to_lock.py [--quick] [--trials 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from botocore.config import Config as BotoConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+REGION = "us-west-2"
+PROVIDER = ("arn:aws:iam::111111111111:role/cmek-platform", "AKIAKMSLOCALPROVIDER",
+            "kmslocal-dev-provider-secret")
+CUSTOMER = ("arn:aws:iam::222222222222:user/key-admin", "AKIAKMSLOCALCUSTOMER",
+            "kmslocal-dev-customer-secret")
+OPERATOR_TOKEN = "bench-operator-token-0123456789"
+EVENT_SECRET = "bench-event-secret-0123456789"
+TENANT = "bench"
+ADMIN = ("admin@bench.example", "bench admin password")
+OBJECT = f"/v1/tenants/{TENANT}/objects/tables/t1"
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Sid": "Owner", "Effect": "Allow",
+         "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Sid": "Allow use of the key", "Effect": "Allow",
+         "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+         "Resource": "*"},
+    ],
+}
+PROBE_GAP = 0.005  # between probes, so the probing itself does not swamp the platform
+TRIAL_TIMEOUT = 60.0  # a trial that takes longer is a failure, not a sample
+POLL_INTERVAL = 1.0
+MODES = {
+    "events": {"events": True, "check_interval": 3600.0},
+    "polling": {"events": False, "check_interval": POLL_INTERVAL},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _drain(stream: Iterator[str]) -> None:
+    for _ in stream:
+        pass
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[str]:
+    """A child process until it prints ``ready <url>``; its output drained afterwards so
+    the pipe never fills and blocks it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        output: list[str] = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(ready):
+                url = line.split()[-1]
+                break
+        else:
+            raise RuntimeError(f"{cmd[2]} did not start:\n" + "".join(output))
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kmslocal_config(path: Path, event_url: str | None) -> Path:
+    lines = [f'region = "{REGION}"', ""]
+    for arn, akid, secret in (PROVIDER, CUSTOMER):
+        lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
+                  f'secret_access_key = "{secret}"', ""]
+    if event_url:
+        lines += ["[[event_targets]]", 'account = "222222222222"', f'url = "{event_url}"',
+                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@contextmanager
+def servers(base: Path, events: bool, check_interval: float) -> Iterator[tuple[str, str]]:
+    """(kmslocal url, platform url); the platform's port is chosen first so kmslocal's
+    event target can name it."""
+    port = free_port()
+    event_url = f"http://127.0.0.1:{port}/v1/key-events" if events else None
+    config = kmslocal_config(base / "kmslocal.toml", event_url)
+    (base / "kms").mkdir()
+    kms_cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
+               str(base / "kms"), "--config", str(config), "--dev"]
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
+    base_env["PYTHONUNBUFFERED"] = "1"
+    with process(kms_cmd, base_env, "kmslocal listening on ") as kms_url:
+        env = base_env | {
+            "AWS_EC2_METADATA_DISABLED": "true", "CMEK_DATA_DIR": str(base / "platform"),
+            "CMEK_KMS_ENDPOINT_URL": kms_url, "CMEK_KMS_REGION": REGION,
+            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
+            "AWS_ACCESS_KEY_ID": PROVIDER[1], "AWS_SECRET_ACCESS_KEY": PROVIDER[2],
+            "CMEK_CHECK_INTERVAL": str(check_interval), "CMEK_BACKUP_INTERVAL": "0",
+        }
+        cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", str(port), "--dev"]
+        with process(cmd, env, "cmek listening on ") as url:
+            yield kms_url, url
+
+
+def check(r: httpx.Response, status: int) -> Any:
+    if r.status_code != status:
+        raise SystemExit(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+    return r.json() if r.content else None
+
+
+def login(c: httpx.Client) -> httpx.Response:
+    return c.post(f"/v1/tenants/{TENANT}/sessions", json={"email": ADMIN[0],
+                                                          "password": ADMIN[1]})
+
+
+def setup_tenant(kms: Any, c: httpx.Client) -> tuple[str, str]:
+    """Customer key, tenant, login and one object; returns (key arn, token)."""
+    key_arn = str(kms.create_key(Policy=json.dumps(POLICY))["KeyMetadata"]["Arn"])
+    check(c.post("/v1/tenants", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                 json={"tenant_id": TENANT, "kms_key_arn": key_arn,
+                       "admin_email": ADMIN[0], "admin_password": ADMIN[1]}), 201)
+    token = str(check(login(c), 201)["token"])
+    check(c.put(OBJECT, headers={"Authorization": f"Bearer {token}"},
+                json={"title": "Time to lock"}), 200)
+    check(c.get(OBJECT, headers={"Authorization": f"Bearer {token}"}), 200)
+    return key_arn, token
+
+
+def error_code(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error", ""))
+    except ValueError:
+        return ""
+
+
+def until_locked(c: httpx.Client, token: str, t0: float, odd: Counter[str]
+                 ) -> tuple[float, int]:
+    """Seconds from ``t0`` to the first 423, and how many probes it took; any answer
+    other than 200 or 423 on the way is counted in ``odd``, not fatal."""
+    headers = {"Authorization": f"Bearer {token}"}
+    probes = 0
+    while True:
+        r = c.get(OBJECT, headers=headers)
+        now = time.perf_counter()
+        probes += 1
+        if r.status_code == 423:
+            return now - t0, probes
+        if r.status_code != 200:
+            odd[f"lock GET {r.status_code} {error_code(r)}"] += 1
+        if now - t0 > TRIAL_TIMEOUT:
+            raise SystemExit(f"no lock within {TRIAL_TIMEOUT} s")
+        time.sleep(PROBE_GAP)
+
+
+def until_restored(c: httpx.Client, t0: float, odd: Counter[str]) -> tuple[float, int, str]:
+    """Seconds from ``t0`` to a fresh login whose GET answers 200; probes; the new token."""
+    probes = 0
+    while True:
+        probes += 1
+        r = login(c)
+        if r.status_code == 201:
+            token = str(r.json()["token"])
+            g = c.get(OBJECT, headers={"Authorization": f"Bearer {token}"})
+            now = time.perf_counter()
+            if g.status_code == 200:
+                return now - t0, probes, token
+            if g.status_code not in (401, 423):
+                odd[f"restore GET {g.status_code} {error_code(g)}"] += 1
+        elif r.status_code != 423:
+            odd[f"restore login {r.status_code} {error_code(r)}"] += 1
+        if time.perf_counter() - t0 > TRIAL_TIMEOUT:
+            raise SystemExit(f"no restore within {TRIAL_TIMEOUT} s")
+        time.sleep(PROBE_GAP)
+
+
+def run_mode(name: str, trials: int) -> dict[str, Any]:
+    mode = MODES[name]
+    lock: list[float] = []
+    restore: list[float] = []
+    probes = {"lock": 0, "restore": 0}
+    odd: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp, \
+            servers(Path(tmp), bool(mode["events"]), float(mode["check_interval"])) \
+            as (kms_url, url), \
+            httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
+        kms = boto3.client("kms", endpoint_url=kms_url, region_name=REGION,
+                           aws_access_key_id=CUSTOMER[1], aws_secret_access_key=CUSTOMER[2],
+                           config=BotoConfig(retries={"total_max_attempts": 1,
+                                                      "mode": "standard"}))
+        key_arn, token = setup_tenant(kms, c)
+        for i in range(trials):
+            kms.disable_key(KeyId=key_arn)
+            seconds, n = until_locked(c, token, time.perf_counter(), odd)
+            lock.append(seconds)
+            probes["lock"] += n
+            kms.enable_key(KeyId=key_arn)
+            seconds, n, token = until_restored(c, time.perf_counter(), odd)
+            restore.append(seconds)
+            probes["restore"] += n
+            print(f"  {name} trial {i + 1}/{trials}: lock {lock[-1] * 1e3:.0f} ms, "
+                  f"restore {restore[-1] * 1e3:.0f} ms", file=sys.stderr)
+    return {"check_interval_s": mode["check_interval"], "events": mode["events"],
+            "time_to_lock": summarize(lock), "time_to_restore": summarize(restore),
+            "mean_probes": {k: v / trials for k, v in probes.items()},
+            "unexpected_responses": dict(odd)}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(samples: list[float]) -> dict[str, Any]:
+    return {"trials": len(samples), "p50_ms": percentile(samples, 0.50) * 1e3,
+            "p99_ms": percentile(samples, 0.99) * 1e3, "max_ms": max(samples) * 1e3,
+            "min_ms": min(samples) * 1e3, "samples_ms": [round(s * 1e3, 2) for s in samples]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=50, help="per mode (default 50)")
+    parser.add_argument("--quick", action="store_true", help="10 trials per mode")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/time_to_lock.json")
+    args = parser.parse_args()
+    trials = 10 if args.quick else args.trials
+    if trials < 1:
+        parser.error("--trials must be at least 1")
+    results: dict[str, Any] = {name: run_mode(name, trials) for name in MODES}
+    goals = {"events": 1000.0, "polling": (POLL_INTERVAL + 1.0) * 1e3}
+    print(f"Time to lock / restore (kmslocal + cmek serve, one tenant), {trials} trials "
+          f"per mode, {PROBE_GAP * 1e3:.0f} ms between probes")
+    print(f"{'mode':<9}{'measure':<17}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name in MODES:
+        for measure in ("time_to_lock", "time_to_restore"):
+            r = results[name][measure]
+            print(f"{name:<9}{measure.replace('_', ' '):<17}{r['p50_ms']:>9.0f}"
+                  f"{r['p99_ms']:>9.0f}{r['max_ms']:>9.0f}")
+    for name in MODES:
+        for what, count in results[name]["unexpected_responses"].items():
+            print(f"note {name}: {count} x {what} (neither 200 nor 423)")
+    met: dict[str, bool] = {}
+    for name, goal_ms in goals.items():
+        p99 = results[name]["time_to_lock"]["p99_ms"]
+        met[name] = p99 < goal_ms
+        print(f"goal {name}: time-to-lock p99 < {goal_ms:.0f} ms: "
+              f"{'met' if met[name] else 'NOT met'} ({p99:.0f} ms)")
+    results |= {"trials_per_mode": trials, "probe_gap_ms": PROBE_GAP * 1e3,
+                "goals_ms": goals, "goals_met": met,
+                "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
