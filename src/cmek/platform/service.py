@@ -265,6 +265,7 @@ class Platform:
         self.guard(tenant_id)
         info: TokenInfo | None = self.control.resolve(token, self.clock.now())
         if info is None:
+            self.guard(tenant_id)  # revoked by a lock that landed meanwhile: say so (423)
             raise Unauthorized("missing, expired or revoked token")
         if info.tenant_id != tenant_id:
             raise Forbidden("this token belongs to another tenant")
