@@ -362,3 +362,32 @@ def test_sixteen_clients_while_the_key_is_disabled(env: tuple[KmsLocal, Platform
             r = c.get(f"/v1/tenants/{tenant}/objects/tables/{oid}")
             assert r.status_code == 200, oid
             assert r.json()["body"] == {"v": body}
+
+
+def test_jobs_of_a_locked_tenant_fail_with_the_reason(env: tuple[KmsLocal, PlatformProcess],
+                                                      tmp_path: Path) -> None:
+    import duckdb
+
+    kms, platform = env
+    tenant, arn, token = new_tenant(kms, platform)
+    warehouse = tmp_path / "wh.duckdb"
+    with duckdb.connect(str(warehouse)) as db:
+        db.execute("create table t(n integer)")
+    with platform.client(token) as c:
+        c.put(f"/v1/tenants/{tenant}/connections/wh",
+              json={"type": "duckdb", "config": {"path": str(warehouse)}})
+        sid = c.post(f"/v1/tenants/{tenant}/schedules", json={
+            "name": "n", "connection": "wh", "sql": "select count(*) from t",
+            "every_seconds": 600}).json()["schedule_id"]
+        c.post("/_dev/jobs/run")  # the platform learns the schedule's slot
+    kms.client(CUSTOMER).disable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "locked")
+    with platform.client() as c:
+        c.post("/_dev/clock", json={"advance_seconds": 601})
+        c.post("/_dev/jobs/run")
+    kms.client(CUSTOMER).enable_key(KeyId=arn)
+    wait_until(lambda: key_view(platform, tenant)["state"] == "active")
+    with platform.client(platform.login(tenant)) as c:
+        runs = c.get(f"/v1/tenants/{tenant}/schedules/{sid}/runs").json()["runs"]
+    assert [(r["status"], r["error_code"]) for r in runs] == [
+        ("failed", "tenant_key_unavailable")]
