@@ -16,7 +16,7 @@ import pytest
 
 import cmek
 from cmek.errors import DecryptionError
-from cmek.kms import KeyRevoked, KmsSettings
+from cmek.kms import KeyRevoked, KmsError, KmsSettings
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
 from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
 
@@ -86,6 +86,17 @@ def read_directly(kms: KmsLocal, platform: PlatformProcess, tenant: str) -> Any:
     return json.loads(keyring.open(tenant, "metadata", f"{kind}/{oid}/{version}", sealed))
 
 
+def unreadable_everywhere(kms: KmsLocal, platform: PlatformProcess, tenant: str) -> None:
+    """After a lock: no HTTP path serves the data, and neither do the stores read
+    directly by a fresh process (KMS refuses to unwrap their data keys)."""
+    with platform.client() as anon:
+        login = anon.post(f"/v1/tenants/{tenant}/sessions",
+                          json={"email": "admin@example.com", "password": "correct horse battery"})
+    assert login.status_code == 423
+    with pytest.raises(KmsError):
+        read_directly(kms, platform, tenant)
+
+
 def new_tenant(kms: KmsLocal, platform: PlatformProcess) -> tuple[str, str, str]:
     tenant = f"t{uuid.uuid4().hex[:10]}"
     arn = customer_key(kms)
@@ -135,12 +146,14 @@ def test_schedule_deletion_then_cancel(env: tuple[KmsLocal, PlatformProcess]) ->
     view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "pending_deletion"
                       and v)
     assert view["deletion_date"] == pytest.approx(out["DeletionDate"].timestamp(), abs=1)
+    unreadable_everywhere(kms, platform, tenant)
     kms.client(CUSTOMER).cancel_key_deletion(KeyId=arn)
     wait_until(lambda: key_view(platform, tenant)["state"] == "locked")  # now Disabled
     kms.client(CUSTOMER).enable_key(KeyId=arn)
     wait_until(lambda: key_view(platform, tenant)["state"] == "active")
     with platform.client(platform.login(tenant)) as c:
         assert c.get(f"/v1/tenants/{tenant}/objects/tables/t1").status_code == 200
+    assert read_directly(kms, platform, tenant) == {"title": "Before"}
 
 
 def test_provider_removed_from_policy_locks(env: tuple[KmsLocal, PlatformProcess]) -> None:
@@ -152,6 +165,7 @@ def test_provider_removed_from_policy_locks(env: tuple[KmsLocal, PlatformProcess
     kms.client(CUSTOMER).put_key_policy(KeyId=arn, PolicyName="default", Policy=owner_only)
     view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
     assert view["reason"] == "access_denied"
+    unreadable_everywhere(kms, platform, tenant)
 
 
 def test_restore_after_eight_days_comes_from_the_backup(env: tuple[KmsLocal, PlatformProcess]
@@ -251,6 +265,7 @@ def test_explicit_deny_on_decrypt_locks(env: tuple[KmsLocal, PlatformProcess]) -
                                         Policy=json.dumps(policy))
     view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
     assert view["reason"] == "access_denied"
+    unreadable_everywhere(kms, platform, tenant)
 
 
 def test_restore_window_over_destroys(env: tuple[KmsLocal, PlatformProcess]) -> None:
@@ -309,6 +324,7 @@ def test_revoking_the_only_grant_locks(env: tuple[KmsLocal, PlatformProcess]) ->
     kms.client(CUSTOMER).revoke_grant(KeyId=arn, GrantId=grant["GrantId"])
     view = wait_until(lambda: (v := key_view(platform, tenant))["state"] == "locked" and v)
     assert view["reason"] == "access_denied"
+    unreadable_everywhere(kms, platform, tenant)
 
 
 def test_sixteen_clients_while_the_key_is_disabled(env: tuple[KmsLocal, PlatformProcess]

@@ -655,16 +655,22 @@ class TenantEnforcer:
         self.platform = platform
 
     def lock(self, tenant_id: str, state: TenantKeyState) -> None:
+        """In order of urgency; the steps taken are recorded in the audit trail."""
         p = self.platform
-        p.keyring.purge(tenant_id, reason=f"locked:{state.reason}")
+        purged = p.keyring.purge(tenant_id, reason=f"locked:{state.reason}")
+        revoked = p.control.revoke_tenant(tenant_id, p.clock.now())
         p.workers.stop(tenant_id)
-        p.control.revoke_tenant(tenant_id, p.clock.now())
         with p._lock:
             p._indexes.pop(tenant_id, None)
             store = p._stores.get(tenant_id)
         if store is not None:
             store.close()
         p.close_tenant_database(tenant_id)
+        p.audit.append(tenant_id, "tenant_locked", {
+            "state": state.state.value, "reason": state.reason,
+            "steps": ["data_keys_purged", "requests_refused", "tokens_revoked",
+                      "worker_stopped", "stores_closed"],
+            "data_keys_purged": purged, "tokens_revoked": revoked})
 
     def restart(self, tenant_id: str) -> None:
         p = self.platform
