@@ -99,34 +99,11 @@ class KmsLocal:
         if self.dev:
             cmd.append("--dev")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            if line.startswith("kmslocal listening on "):
-                self.url = line.split()[-1]
-                break
-        else:
-            raise RuntimeError("kmslocal did not start:\n" + "".join(self.output))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
+        self.process, self.url = spawn(cmd, env, "kmslocal listening on ", self.output)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        stop(self.process)
+        self.process = None
 
     def restart(self) -> None:
         self.stop()
@@ -149,13 +126,47 @@ class KmsLocal:
         return str(self.dev_call("POST", "/_kmslocal/clock", {"advance_seconds": seconds})["now"])
 
 
-def write_config(path: Path, event_url: str | None) -> Path:
+def spawn(cmd: list[str], env: dict[str, str], ready: str,
+          output: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a server process, wait for its ``ready`` line (which ends with its URL), then
+    keep reading its output so the pipe never fills."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith(ready):
+            url = line.split()[-1]
+            break
+    else:
+        raise RuntimeError(f"{cmd[2]} did not start:\n" + "".join(output))
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[str] | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_config(path: Path, event_url: str | None, event_secret: str = EVENT_SECRET) -> Path:
     lines = [f'region = "{REGION}"', ""]
     for arn, akid, secret in ALL_PRINCIPALS:
         lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
                   f'secret_access_key = "{secret}"', ""]
     if event_url:
         lines += ["[[event_targets]]", 'account = "222222222222"', f'url = "{event_url}"',
-                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]
+                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{event_secret}"', ""]
     path.write_text("\n".join(lines))
     return path

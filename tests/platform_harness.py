@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal, spawn, stop
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"
 EVENT_SECRET = "test-event-secret-0123456789"
@@ -59,35 +58,13 @@ class PlatformProcess:
         }
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process, self.url = spawn(
             [sys.executable, "-m", "cmek.cli", "serve", "--port", str(self.port), "--dev"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env(),
-        )
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            if line.startswith("cmek listening on "):
-                self.url = line.split()[-1]
-                break
-        else:
-            raise RuntimeError("cmek serve did not start:\n" + "".join(self.output))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
+            self.env(), "cmek listening on ", self.output)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        stop(self.process)
+        self.process = None
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -17,7 +17,7 @@ import pytest
 import cmek
 from cmek.errors import DecryptionError
 from cmek.kms import KeyRevoked, KmsError, KmsSettings
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, write_config
 from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
 
 DAY = 86400
@@ -46,17 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KmsLocal, Pl
     base = tmp_path_factory.mktemp("lifecycle")
     port = free_port()
     config = base / "kmslocal.toml"
-    config.write_text("\n".join([
-        'region = "us-west-2"',
-        "[[principals]]", 'arn = "arn:aws:iam::111111111111:role/cmek-platform"',
-        'access_key_id = "AKIAKMSLOCALPROVIDER"',
-        'secret_access_key = "kmslocal-dev-provider-secret"',
-        "[[principals]]", 'arn = "arn:aws:iam::222222222222:user/key-admin"',
-        'access_key_id = "AKIAKMSLOCALCUSTOMER"',
-        'secret_access_key = "kmslocal-dev-customer-secret"',
-        "[[event_targets]]", 'account = "222222222222"',
-        f'url = "http://127.0.0.1:{port}/v1/key-events"',
-        'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]))
+    write_config(config, f"http://127.0.0.1:{port}/v1/key-events", EVENT_SECRET)
     kms = KmsLocal(base / "kms", config)
     kms.start()
     platform = PlatformProcess(base / "platform", kms, port=port, extra_env={

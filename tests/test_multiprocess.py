@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kmslocal_harness import CUSTOMER, KmsLocal
+from tests.kmslocal_harness import CUSTOMER, KmsLocal, write_config
 from tests.pg import create_database
 from tests.platform_harness import EVENT_SECRET, PlatformProcess, customer_key
 
@@ -27,17 +27,7 @@ def free_port() -> int:
 def cluster(tmp_path: Path, pg_admin_url: str) -> Iterator[tuple[KmsLocal, list[PlatformProcess]]]:
     ports = [free_port() for _ in range(3)]
     config = tmp_path / "kmslocal.toml"
-    config.write_text("\n".join([
-        'region = "us-west-2"',
-        "[[principals]]", 'arn = "arn:aws:iam::111111111111:role/cmek-platform"',
-        'access_key_id = "AKIAKMSLOCALPROVIDER"',
-        'secret_access_key = "kmslocal-dev-provider-secret"',
-        "[[principals]]", 'arn = "arn:aws:iam::222222222222:user/key-admin"',
-        'access_key_id = "AKIAKMSLOCALCUSTOMER"',
-        'secret_access_key = "kmslocal-dev-customer-secret"',
-        "[[event_targets]]", 'account = "222222222222"',
-        f'url = "http://127.0.0.1:{ports[0]}/v1/key-events"',
-        'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]))
+    write_config(config, f"http://127.0.0.1:{ports[0]}/v1/key-events", EVENT_SECRET)
     kms = KmsLocal(tmp_path / "kms", config)
     kms.start()
     env = {"CMEK_DATABASE_URL": create_database(pg_admin_url), "CMEK_CHECK_INTERVAL": "3600",
