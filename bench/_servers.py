@@ -11,6 +11,22 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# The customer's key policy every benchmark uses: the owner administers, the provider
+# (111111111111) gets the least-privilege use the reference policy gives it.
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Sid": "Owner", "Effect": "Allow",
+         "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Sid": "Allow use of the key", "Effect": "Allow",
+         "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
+         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+         "Resource": "*"},
+    ],
+}
+
+
 PROVIDER = ("AKIAKMSLOCALPROVIDER", "kmslocal-dev-provider-secret")
 CUSTOMER = ("AKIAKMSLOCALCUSTOMER", "kmslocal-dev-customer-secret")
 
@@ -49,3 +65,8 @@ def kmslocal() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -35,22 +35,10 @@ from cmek.clock import ManualClock
 from cmek.kms import KmsSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _servers import CUSTOMER, PROVIDER, kmslocal
+from _servers import CUSTOMER, POLICY, PROVIDER, kmslocal
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"64 B": 64, "1 KiB": 1024, "16 KiB": 16 * 1024, "1 MiB": 1024 * 1024}
-POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Sid": "Owner", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*",
-         "Resource": "*"},
-        {"Sid": "Allow use of the key", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-         "Resource": "*"},
-    ],
-}
 
 
 def per_op(fn: Callable[[], object], budget: float) -> float:

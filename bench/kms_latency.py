@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _servers import CUSTOMER, free_port, kmslocal, wait_ready
+from _servers import CUSTOMER, free_port, kmslocal, percentile, wait_ready
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +43,6 @@ def moto() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(url: str, akid: str, secret: str, calls: int) -> dict[str, Any]:

@@ -33,25 +33,13 @@ from typing import Any
 
 import boto3
 import httpx
-from _servers import CUSTOMER, PROVIDER, kmslocal
+from _servers import CUSTOMER, POLICY, PROVIDER, kmslocal, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANT = "bench"
 ADMIN = ("admin@bench.example", "bench admin password")
 OPERATOR_TOKEN = "bench-operator-token-0123456789"
 EVENT_SECRET = "bench-event-secret-0123456789"
-POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Sid": "Owner", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*",
-         "Resource": "*"},
-        {"Sid": "Allow use of the key", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-         "Resource": "*"},
-    ],
-}
 TOPICS = ["revenue", "orders", "customers", "inventory", "churn", "marketing", "billing"]
 COLUMNS = ["customer_id", "order_id", "order_total", "region", "revenue_usd", "product_sku",
            "quantity", "discount_pct", "created_at", "country", "segment", "invoice_id",
@@ -173,11 +161,6 @@ def run(url: str, token: str, path: Callable[[random.Random, int], str], tables:
     if errors:
         raise SystemExit(errors[0])
     return [s for per in latencies for s in per], wall, sum(hits)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarize(samples: list[float], wall: float) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,9 @@ import boto3
 import httpx
 from botocore.config import Config as BotoConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _servers import POLICY, free_port, percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "us-west-2"
 PROVIDER = ("arn:aws:iam::111111111111:role/cmek-platform", "AKIAKMSLOCALPROVIDER",
@@ -53,18 +55,6 @@ EVENT_SECRET = "bench-event-secret-0123456789"
 TENANT = "bench"
 ADMIN = ("admin@bench.example", "bench admin password")
 OBJECT = f"/v1/tenants/{TENANT}/objects/tables/t1"
-POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Sid": "Owner", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::222222222222:root"}, "Action": "kms:*",
-         "Resource": "*"},
-        {"Sid": "Allow use of the key", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
-         "Resource": "*"},
-    ],
-}
 PROBE_GAP = 0.005  # between probes, so the probing itself does not swamp the platform
 TRIAL_TIMEOUT = 60.0  # a trial that takes longer is a failure, not a sample
 POLL_INTERVAL = 1.0
@@ -72,12 +62,6 @@ MODES = {
     "events": {"events": True, "check_interval": 3600.0},
     "polling": {"events": False, "check_interval": POLL_INTERVAL},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _drain(stream: Iterator[str]) -> None:
@@ -250,11 +234,6 @@ def run_mode(name: str, trials: int) -> dict[str, Any]:
             "time_to_lock": summarize(lock), "time_to_restore": summarize(restore),
             "mean_probes": {k: v / trials for k, v in probes.items()},
             "unexpected_responses": dict(odd)}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
