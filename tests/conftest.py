@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
@@ -36,6 +37,7 @@ from tests.kmslocal_harness import (
     write_config,
 )
 
+T = TypeVar("T")
 REFERENCE_POLICY = Path(__file__).resolve().parents[2] / "shared/reference/provider-key-policy.json"
 AWS_VARS = (
     "CMEK_CONFORMANCE_AWS_REGION", "CMEK_CONFORMANCE_PROVIDER_PROFILE",
@@ -48,6 +50,20 @@ def error_code(call: Callable[[], Any]) -> str:
     with pytest.raises(ClientError) as info:
         call()
     return str(info.value.response["Error"]["Code"])
+
+
+def eventually(kms: Target, check: Callable[[], T], timeout: float = 180.0) -> T:
+    """kmslocal is synchronous: one try. AWS applies some changes asynchronously: poll."""
+    if kms.local is not None:
+        return check()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
 
 
 def alias_name() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -124,6 +125,12 @@ class KmsLocal:
 
     def advance(self, seconds: float) -> str:
         return str(self.dev_call("POST", "/_kmslocal/clock", {"advance_seconds": seconds})["now"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def spawn(cmd: list[str], env: dict[str, str], ready: str,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,12 @@ class PlatformProcess:
                                               "admin_email": email, "admin_password": password})
         assert r.status_code == 201, r.text
         return dict(r.json())
+
+    def new_tenant(self, kms: KmsLocal) -> str:
+        """A freshly provisioned tenant with a key of its own."""
+        name = f"t{uuid.uuid4().hex[:10]}"
+        self.provision(name, customer_key(kms))
+        return name
 
     def login(self, tenant: str, email: str = "admin@example.com",
               password: str = "correct horse battery") -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REFERENCE_POLICY
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port
 
 PROVIDER_ACCOUNT = "111111111111"
 
@@ -121,11 +120,6 @@ def test_create_verify_and_usage_through_the_cli(kms: KmsLocal, tmp_path: Path) 
     assert any(r["error_code"] == "AccessDeniedException" for r in refused)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.parametrize(("args", "code"), [
     (["usage", "--key-arn", "not-an-arn"], "kms_misconfigured"),
@@ -173,7 +167,7 @@ def test_wrong_credentials_and_unreachable_endpoint(kms: KmsLocal, tmp_path: Pat
     run = cmek("key", "create", "--provider-account", PROVIDER_ACCOUNT, "--endpoint-url",
                kms.url, who=wrong, cwd=tmp_path)
     one_line_error(run, "credentials_invalid")
-    dead = f"http://127.0.0.1:{_closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     run = cmek("key", "create", "--provider-account", PROVIDER_ACCOUNT, "--endpoint-url", dead,
                who=CUSTOMER, cwd=tmp_path)
     one_line_error(run, "endpoint_unreachable")

@@ -26,6 +26,7 @@ from cmek.crypto import (
 )
 from cmek.crypto.envelope import _seal_with_nonce
 from cmek.errors import DecryptionError, InvalidInput, RecordTooLarge
+from tests.mutations import mutate, mutations
 
 EPOCH = 7
 MATERIAL = os.urandom(32)
@@ -329,25 +330,7 @@ def test_misuse_of_seal_is_refused() -> None:
 # --- properties -------------------------------------------------------------------------
 
 fields = st.text(min_size=1, max_size=12)
-MUTATION = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(0, 7)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 10_000), st.just(0)),
-)
-
-
-def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
-    out = bytearray(data)
-    for op, position, value in ops:
-        if op == "insert":
-            out.insert(position % (len(out) + 1), value)
-        elif out:
-            at = position % len(out)
-            if op == "flip":
-                out[at] ^= 1 << value
-            else:
-                del out[at]
-    return bytes(out)
+MUTATION = mutations(10_000)
 
 
 @fast(600)

@@ -35,6 +35,7 @@ from cmek.crypto import (
 from cmek.crypto import stream as stream_module
 from cmek.crypto.stream import _seal_stream_with_salt
 from cmek.errors import DecryptionError, InvalidInput
+from tests.mutations import mutate, mutations
 
 EPOCH = 11
 MATERIAL = os.urandom(32)
@@ -487,25 +488,7 @@ def test_64_mib_stream_in_constant_memory() -> None:
 
 # --- properties -------------------------------------------------------------------------
 
-MUTATION = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 100_000), st.integers(0, 7)),
-    st.tuples(st.just("insert"), st.integers(0, 100_000), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 100_000), st.just(0)),
-)
-
-
-def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
-    out = bytearray(data)
-    for op, position, value in ops:
-        if op == "insert":
-            out.insert(position % (len(out) + 1), value)
-        elif out:
-            at = position % len(out)
-            if op == "flip":
-                out[at] ^= 1 << value
-            else:
-                del out[at]
-    return bytes(out)
+MUTATION = mutations(100_000)
 
 
 @fast(400)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import uuid
 from typing import Any
 
@@ -39,7 +38,7 @@ from cmek.kms import (
     KmsSettings,
     UnwrappedDataKey,
 )
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal, free_port
 
 PROVIDER_ACCOUNT = "111111111111"
 CUSTOMER_ACCOUNT = "222222222222"
@@ -117,13 +116,6 @@ def verify(provider: BotoKms, arn: str, tenant: str | None = None) -> VerifyRepo
     assert_findings_match(report)
     json.dumps(report.to_json())  # serializable as the platform's response
     return report
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def alias_name() -> str:

@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import Target, alias_name, error_code
+from tests.conftest import Target, alias_name, error_code, eventually
 
 T = TypeVar("T")
 DAY = dt.timedelta(days=1)
-
-
-def eventually(kms: Target, check: Callable[[], T], timeout: float = 180.0) -> T:
-    """kmslocal is synchronous: one try. AWS applies some changes asynchronously: poll."""
-    if kms.local is not None:
-        return check()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(5)
 
 
 def wait_for_rotations(kms: Target, key_id: str, count: int) -> list[dict[str, Any]]:

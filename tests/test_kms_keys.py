@@ -10,16 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from tests.conftest import Target, alias_name, error_code
+from tests.conftest import Target, alias_name, error_code, eventually
 from tests.kmslocal_harness import CUSTOMER
 
 T = TypeVar("T")
@@ -75,20 +73,6 @@ def unvalidated_customer(kms: Target) -> Any:
     session = boto3.Session(profile_name=os.environ["CMEK_CONFORMANCE_CUSTOMER_PROFILE"],
                             region_name=kms.region)
     return session.client("kms", config=cfg)
-
-
-def eventually(kms: Target, check: Callable[[], T], timeout: float = 180.0) -> T:
-    """kmslocal is synchronous: one try. AWS applies some changes asynchronously: poll."""
-    if kms.local is not None:
-        return check()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(5)
 
 
 # --- CreateKey / DescribeKey / ListKeys ------------------------------------------------

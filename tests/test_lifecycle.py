@@ -4,7 +4,6 @@ forwards the key event to the platform, and the platform locks, restores or dest
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import time
 import uuid
@@ -17,16 +16,11 @@ import pytest
 import cmek
 from cmek.errors import DecryptionError
 from cmek.kms import KeyRevoked, KmsError, KmsSettings
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, write_config
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port, write_config
 from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
 
 DAY = 86400
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(what: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -4,7 +4,6 @@ monitor and hands over when it dies; a lock reaches every process at once."""
 from __future__ import annotations
 
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kmslocal_harness import CUSTOMER, KmsLocal, write_config
+from tests.kmslocal_harness import CUSTOMER, KmsLocal, free_port, write_config
 from tests.pg import create_database
 from tests.platform_harness import EVENT_SECRET, PlatformProcess, customer_key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

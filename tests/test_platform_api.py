@@ -34,9 +34,7 @@ def platform(request: pytest.FixtureRequest, kmslocal: KmsLocal,
 
 @pytest.fixture
 def tenant(platform: PlatformProcess, kmslocal: KmsLocal) -> str:
-    name = f"t{uuid.uuid4().hex[:10]}"
-    platform.provision(name, customer_key(kmslocal))
-    return name
+    return platform.new_tenant(kmslocal)
 
 
 def test_healthz(platform: PlatformProcess) -> None:

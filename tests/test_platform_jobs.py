@@ -29,9 +29,7 @@ def platform(kmslocal: KmsLocal, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def tenant(platform: PlatformProcess, kmslocal: KmsLocal) -> str:
-    name = f"t{uuid.uuid4().hex[:10]}"
-    platform.provision(name, customer_key(kmslocal))
-    return name
+    return platform.new_tenant(kmslocal)
 
 
 def warehouse(path: Path) -> Path:

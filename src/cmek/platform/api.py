@@ -213,8 +213,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants")
     async def list_tenants(_: Op) -> dict[str, Any]:
-        ids = await call(platform.tenant_ids)
-        return {"tenants": [await call(platform.tenant_view, t) for t in ids]}
+        return {"tenants": await call(platform.tenant_views)}
 
     @app.get("/v1/tenants/{tenant}")
     async def get_tenant(tenant: TenantId, _: Op) -> dict[str, Any]:

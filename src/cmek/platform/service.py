@@ -157,8 +157,10 @@ class Platform:
         row = self.control.tenant(tenant_id)
         if row is None:
             raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
-        return {"tenant_id": row["tenant_id"], "kms_key_arn": row["key_arn"],
-                "created_at": row["created_at"]}
+        return _tenant_view(row)
+
+    def tenant_views(self) -> list[dict[str, Any]]:
+        return [_tenant_view(row) for row in self.control.list_tenants()]
 
     def tenant_ids(self) -> list[str]:
         return [t["tenant_id"] for t in self.control.list_tenants()]
@@ -720,6 +722,11 @@ def tenant_db_name(tenant_id: str) -> str:
 
 def _result_id(connection: str, sql: str) -> str:
     return hashlib.sha256(f"{connection}\n{sql}".encode()).hexdigest()[:32]
+
+
+def _tenant_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"tenant_id": row["tenant_id"], "kms_key_arn": row["key_arn"],
+            "created_at": row["created_at"]}
 
 
 def require_admin(caller: Caller) -> None:
