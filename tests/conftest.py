@@ -238,3 +238,9 @@ def make_bucket(endpoint: str) -> str:
                  aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
         Bucket=name)
     return name
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import reliability
+
+    reliability.flush()

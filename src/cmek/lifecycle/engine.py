@@ -232,15 +232,16 @@ class Lifecycle:
 
     def _destroy(self, checked: TenantKeyState, previous: TenantKeyState, cause: str,
                  seen: Observation, why: str) -> TenantKeyState:
-        now = self.clock.now()
-        destroyed = self._save(replace(checked, state=KeyState.DESTROYED, reason=why, since=now),
-                               previous, cause, seen)
+        """Shred first, then record: a crash in between leaves the tenant unusable but not
+        yet destroyed, and the next check shreds again (idempotent) before recording it."""
+        destroyed = replace(checked, state=KeyState.DESTROYED, reason=why,
+                            since=self.clock.now())
         if previous.state.serving:
             self.enforcer.lock(destroyed.tenant_id, destroyed)
         attestation = self.enforcer.destroy(destroyed.tenant_id)
         self.audit.append(destroyed.tenant_id, "crypto_shred_attestation",
                           {"reason": why, **attestation})
-        return destroyed
+        return self._save(destroyed, previous, cause, seen)
 
     def _save(self, new: TenantKeyState, previous: TenantKeyState | None, cause: str,
               seen: Observation) -> TenantKeyState:
