@@ -141,6 +141,11 @@ class ControlPlane:
                     {"tenant_id": tenant_id, "schedule_id": sid, "next_run_at": nxt,
                      "every_seconds": every} for sid, nxt, every in slots])
 
+    def next_runs(self, tenant_id: str) -> dict[str, float]:
+        with self.engine.connect() as conn:
+            return {str(r.schedule_id): float(r.next_run_at) for r in conn.execute(
+                sa.select(schedule_slots).where(schedule_slots.c.tenant_id == tenant_id))}
+
     def refuse_due_runs(self, tenant_id: str, now: float, error_code: str) -> int:
         """Record, for each due schedule of a locked tenant, a run refused with a code."""
         import uuid

@@ -429,6 +429,7 @@ class Platform:
         with self.workers.lock(tenant_id):
             store = self.store(tenant_id)
             try:
+                store.skip_refused_slots(self.control.next_runs(tenant_id))
                 due = store.due_schedule_ids(self.clock.now())
                 self.control.remember_schedules(tenant_id, store.schedule_slots())
             except CmekError:

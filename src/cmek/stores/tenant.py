@@ -397,6 +397,15 @@ class TenantStore:
                 sa.select(schedules.c.schedule_id, schedules.c.next_run_at,
                           schedules.c.every_seconds))]
 
+    def skip_refused_slots(self, next_runs: dict[str, float]) -> None:
+        """Move schedules past the slots refused while the tenant was locked: a refused
+        run is that slot's run, so restoring does not replay it."""
+        with self._tx() as conn:
+            for schedule_id, next_run in next_runs.items():
+                conn.execute(schedules.update().where(
+                    schedules.c.schedule_id == schedule_id,
+                    schedules.c.next_run_at < next_run).values(next_run_at=next_run))
+
     def record_run(self, schedule_id: str, started_at: float, status: str,
                    error_code: str | None, result_key: str | None,
                    detail: dict[str, Any] | None) -> dict[str, Any]:
