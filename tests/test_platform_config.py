@@ -191,6 +191,13 @@ def test_non_numeric_duration_env(var: str, op: str) -> None:
         ({"CMEK_OBJECT_STORE": "s3://Bad_Bucket"}, "CMEK_OBJECT_STORE: must be file:///"),
         ({"CMEK_S3_ENDPOINT_URL": "minio:9000"}, "CMEK_S3_ENDPOINT_URL: must be an http://"),
         ({"CMEK_KMS_ENDPOINT_URL": "ftp://kms"}, "CMEK_KMS_ENDPOINT_URL: must be an http://"),
+        # Data keys cross the KMS link: without TLS only a loopback endpoint is accepted.
+        ({"CMEK_KMS_ENDPOINT_URL": "http://kms.example.com"},
+         "CMEK_KMS_ENDPOINT_URL: plain http:// is allowed only to a loopback host"),
+        ({"CMEK_KMS_ENDPOINT_URL": "http://10.0.0.5:4599"},
+         "CMEK_KMS_ENDPOINT_URL: plain http:// is allowed only to a loopback host"),
+        ({"CMEK_S3_ENDPOINT_URL": "http://minio.internal:9000"},
+         "CMEK_S3_ENDPOINT_URL: plain http:// is allowed only to a loopback host"),
         ({"CMEK_KMS_REGION": "Oregon"}, "CMEK_KMS_REGION: must be an AWS Region name"),
         ({"CMEK_OPERATOR_TOKEN": "short"}, "CMEK_OPERATOR_TOKEN: must be at least 16 characters"),
         ({"CMEK_EVENT_SECRET": "0123456789abcde"}, "CMEK_EVENT_SECRET: must be at least 16"),
@@ -207,6 +214,12 @@ def test_non_numeric_duration_env(var: str, op: str) -> None:
 )
 def test_bad_env_values(env: dict[str, str], expected: str) -> None:
     assert config_error(env=env).startswith(expected)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4599", "http://localhost:4599",
+                                 "http://[::1]:4599", "https://kms.us-west-2.amazonaws.com"])
+def test_tls_or_loopback_endpoints_are_accepted(url: str) -> None:
+    assert load_settings(None, env={"CMEK_KMS_ENDPOINT_URL": url}).kms_endpoint_url == url
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ standard chain (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, instance roles, ...) sup
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -16,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -101,7 +103,20 @@ def _http_url(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise _Invalid(f"must be an http:// or https:// URL, got {_shown(value)}")
+    if value.lower().startswith("http://") and not _loopback(urlsplit(value).hostname):
+        # Data keys cross this link in the clear without TLS: only a local endpoint may.
+        raise _Invalid(f"plain http:// is allowed only to a loopback host; use https://, "
+                       f"got {_shown(value)}")
     return value
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _dir(value: Any) -> Path:
