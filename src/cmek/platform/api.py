@@ -43,6 +43,7 @@ STATUS: dict[str, int] = {
     "key_verification_failed": 422, "body_too_large": 413,
     "tenant_key_unavailable": 423, "tenant_store_closed": 423, "backup_invalid": 422,
     "kms_unavailable": 503, "object_store_unavailable": 503,
+    "decryption_failed": 500,  # stored ciphertext that does not open: tampered or misplaced
 }
 
 TenantId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
