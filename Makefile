@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest run bench reliability clean
+.PHONY: test lint typecheck pytest run bench soak reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/crypto_compare.py
 	$(BIN)/python bench/platform_latency.py
 	$(BIN)/python bench/time_to_lock.py
+
+# Not part of test: 10 minutes of load while keys are cut and returned (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 # Rewrites docs/reliability.md from the fault, crash, fuzz and isolation tests' own counts
 # and the last soak's result.

@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_faults.py", "tests/test_crash.py", "tests/test_fuzz_parsers.py",
-         "tests/test_fuzz_api.py", "tests/test_isolation.py"]
+         "tests/test_fuzz_api.py", "tests/test_isolation.py", "tests/test_web.py"]
 # (kind, metric, label, must be zero)
 ROWS: list[tuple[str, str, str, bool]] = [
     ("faults", "injected", "KMS fault scenarios injected", False),

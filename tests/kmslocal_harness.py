@@ -91,10 +91,11 @@ class KmsLocal:
     url: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    port: int = 0  # 0: a free port at each start; fixed: a restart keeps the endpoint
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
-               str(self.data_dir)]
+        cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         if self.dev:

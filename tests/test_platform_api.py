@@ -220,36 +220,3 @@ def test_bad_requests_get_stable_codes(platform: PlatformProcess, tenant: str) -
         for resp in (r, big):
             assert "Traceback" not in resp.text
         assert c.get(f"/v1/tenants/{tenant}/users").headers["cache-control"] == "no-store"
-
-
-def test_every_tenant_endpoint_refuses_another_tenants_tokens(
-    platform: PlatformProcess, kmslocal: KmsLocal
-) -> None:
-    """Walks the service's own OpenAPI document: no tenant route is forgotten."""
-    a, b = (f"t{uuid.uuid4().hex[:10]}" for _ in range(2))
-    platform.provision(a, customer_key(kmslocal))
-    platform.provision(b, customer_key(kmslocal))
-    session_b = platform.login(b)
-    with platform.client(session_b) as c:
-        api_b = c.post(f"/v1/tenants/{b}/api-tokens").json()["token"]
-    with platform.client() as anon:
-        spec = anon.get("/openapi.json").json()
-    probes = 0
-    for path, methods in spec["paths"].items():
-        if not path.startswith("/v1/tenants/{tenant}") or path.endswith("/sessions"):
-            continue
-        operator_only = path == "/v1/tenants/{tenant}" or path.endswith(
-            ("/restore", "/key", "/key/check"))
-        concrete = (path.replace("{tenant}", a).replace("{kind}", "tables")
-                    .replace("{object_id}", "x").replace("{name}", "x")
-                    .replace("{schedule_id}", "x").replace("{backup_id}", "x"))
-        for method in methods:
-            for token in (session_b, api_b):
-                with platform.client(token) as c:
-                    r = c.request(method.upper(), concrete,
-                                  params={"q": "x"} if concrete.endswith("/search") else None,
-                                  json={} if method in ("put", "post") else None)
-                expected = (401, "unauthorized") if operator_only else (403, "forbidden")
-                assert (r.status_code, r.json()["error"]) == expected, (method, concrete, r.text)
-                probes += 1
-    assert probes >= 30

@@ -11,6 +11,12 @@ it (one caller, the others keep using the cached key: no stampede); once expired
 callers wait for a single unwrap. A refresh is also the moment a revoked key is
 noticed on the cached path, so ``ttl`` bounds how long revocation can go unseen
 without the lifecycle engine.
+
+KMS out (throttling, errors, timeouts): the lifecycle engine grants the tenant an outage
+grace, during which expired cached keys serve on (from the very request whose failure
+began it). A key whose unwrap just failed is not asked for again before
+``outage_backoff`` has passed, so a degraded tenant's requests neither each wait out
+KMS's timeouts nor add to the load on a KMS that is throttling.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import IO, TypeVar
 
 import sqlalchemy as sa
 
+from cmek import crashpoints
 from cmek.audit import AuditTrail
 from cmek.clock import Clock
 from cmek.crypto import (
@@ -77,6 +84,7 @@ class _Cached:
     seals: Iterator[int] = field(default_factory=itertools.count)
     seal_limit: int = 0
     refreshing: bool = False
+    retry_at: float = 0.0  # set when KMS failed to unwrap it: no new try before this
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -96,10 +104,12 @@ class Keyring:
         seal_budget: int = MAX_SEALS_PER_KEY, reserve_chunk: int = 1 << 20,
         on_revoked: Callable[[str, KeyRevoked], None] | None = None,
         on_unavailable: Callable[[str, KmsError], None] | None = None,
-        rewrap_with_reencrypt: bool = False,
+        rewrap_with_reencrypt: bool = False, outage_backoff: float = 5.0,
     ) -> None:
         if ttl <= 0 or not 0 <= refresh_ahead < ttl:
             raise ValueError("need ttl > 0 and 0 <= refresh_ahead < ttl")
+        if outage_backoff < 0:
+            raise ValueError("need outage_backoff >= 0")
         if not 1 <= seal_budget <= MAX_SEALS_PER_KEY or reserve_chunk < 1:
             raise ValueError("seal_budget must be 1..MAX_SEALS_PER_KEY, reserve_chunk >= 1")
         self.kms = kms
@@ -112,6 +122,7 @@ class Keyring:
         self.reserve_chunk = min(reserve_chunk, seal_budget)
         self.on_revoked = on_revoked
         self.on_unavailable = on_unavailable
+        self.outage_backoff = outage_backoff
         # During a KMS outage the lifecycle engine may let expired cached keys serve on,
         # up to a deadline per tenant (its outage grace); never past it.
         self._grace: dict[str, float] = {}
@@ -253,36 +264,71 @@ class Keyring:
                 raise RewrapInProgress(
                     f"a rewrap of {tenant} to {target} is in progress; finish it first"
                 )
-            pending = [row_to_key(r) for r in conn.execute(
-                sa.select(data_keys).where(data_keys.c.tenant_id == tenant,
-                                           data_keys.c.wrap_generation < generation)
-                .order_by(data_keys.c.category, data_keys.c.epoch))]
+            pending = self._pending(conn, tenant, generation)
             total = conn.execute(sa.select(sa.func.count()).select_from(data_keys)
                                  .where(data_keys.c.tenant_id == tenant)).scalar_one()
         self.audit.append(tenant, "rewrap_started" if not resumed else "rewrap_resumed",
                           {"key_arn": target, "pending": len(pending), "total": total})
-        done = total - len(pending)
-        for dk in pending:
-            out = self._rewrap_one(tenant, dk, target)
+        done, rewrapped = total - len(pending), 0
+        while True:
+            for dk in pending:
+                out = self._rewrap_one(tenant, dk, target)
+                with self.engine.begin() as conn:
+                    conn.execute(data_keys.update().where(
+                        data_keys.c.tenant_id == tenant, data_keys.c.category == dk.category,
+                        data_keys.c.epoch == dk.epoch,
+                    ).values(wrapped=out.blob, key_arn=target, wrap_generation=generation))
+                crashpoints.reached("rewrap.key_rewrapped")
+                done, rewrapped = done + 1, rewrapped + 1
+                if progress is not None:
+                    progress(done, total)
             with self.engine.begin() as conn:
-                conn.execute(data_keys.update().where(
-                    data_keys.c.tenant_id == tenant, data_keys.c.category == dk.category,
-                    data_keys.c.epoch == dk.epoch,
-                ).values(wrapped=out.blob, key_arn=target, wrap_generation=generation))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        with self.engine.begin() as conn:
-            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
-                         .values(key_arn=target, rewrap_to=None))
+                # Finish only with none pending: a data key made while this ran was
+                # wrapped under the old key (``_new_epoch`` locks the row against this).
+                conn.execute(sa.select(tenants.c.tenant_id)
+                             .where(tenants.c.tenant_id == tenant).with_for_update())
+                pending = self._pending(conn, tenant, generation)
+                total = conn.execute(sa.select(sa.func.count()).select_from(data_keys)
+                                     .where(data_keys.c.tenant_id == tenant)).scalar_one()
+                if not pending:
+                    conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
+                                 .values(key_arn=target, rewrap_to=None))
+                    break
         with self._lock:
             self._tenant_arns[tenant] = target
             for k, entry in self._cache.items():
                 if k[0] == tenant:
                     entry.key_arn = target
         self.audit.append(tenant, "rewrap_finished",
-                          {"key_arn": target, "rewrapped": len(pending), "total": total})
-        return RewrapReport(tenant, target, len(pending), total, resumed)
+                          {"key_arn": target, "rewrapped": rewrapped, "total": total})
+        return RewrapReport(tenant, target, rewrapped, total, resumed)
+
+    @staticmethod
+    def _pending(conn: sa.Connection, tenant: str, generation: int) -> list[DataKeyRow]:
+        return [row_to_key(r) for r in conn.execute(
+            sa.select(data_keys).where(data_keys.c.tenant_id == tenant,
+                                       data_keys.c.wrap_generation < generation)
+            .order_by(data_keys.c.category, data_keys.c.epoch))]
+
+    def pending_rewraps(self) -> list[str]:
+        """Tenants whose rewrap was started and not finished: running, or cut short."""
+        with self.engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(
+                sa.select(tenants.c.tenant_id).where(tenants.c.rewrap_to.is_not(None))
+                .order_by(tenants.c.tenant_id))]
+
+    def resume_rewrap(self, tenant: str) -> RewrapReport | None:
+        """Finish the tenant's unfinished rewrap, if it has one (never starts one)."""
+        with self.engine.connect() as conn:
+            target = conn.execute(sa.select(tenants.c.rewrap_to)
+                                  .where(tenants.c.tenant_id == tenant)).scalar()
+        return None if target is None else self.rewrap(tenant)
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Each tenant's key, as the key table has it."""
+        with self.engine.connect() as conn:
+            return {str(r[0]): str(r[1]) for r in conn.execute(
+                sa.select(tenants.c.tenant_id, tenants.c.key_arn))}
 
     # --- internals --------------------------------------------------------------------
     def _kms(
@@ -366,6 +412,8 @@ class Keyring:
             if now < entry.expires_at - self.refresh_ahead:
                 return entry
             if now < entry.expires_at:
+                if now < entry.retry_at:
+                    return entry  # KMS failed this refresh moments ago
                 with entry.lock:
                     mine = not entry.refreshing
                     entry.refreshing = True
@@ -379,8 +427,18 @@ class Keyring:
             entry = self._cache.get(slot)
             if entry is not None and self.clock.now() < entry.expires_at:
                 return entry
-            in_grace = entry is not None and self.clock.now() < self._grace.get(tenant, 0.0)
-            loaded = self._unwrap(slot, tolerate_outage=in_grace)
+            now = self.clock.now()
+            in_grace = entry is not None and now < self._grace.get(tenant, 0.0)
+            if in_grace and entry is not None and now < entry.retry_at:
+                return entry  # KMS failed moments ago: the grace serves, without asking
+            try:
+                loaded = self._unwrap(slot, tolerate_outage=in_grace)
+            except KmsUnavailable:
+                # This failure has just begun the tenant's outage grace (on_unavailable):
+                # the cached key serves this request too, if the grace allows it.
+                if entry is None or self.clock.now() >= self._grace.get(tenant, 0.0):
+                    raise
+                return entry
             if loaded is None:  # KMS is out and the grace allows the expired key
                 assert entry is not None
                 return entry
@@ -394,6 +452,11 @@ class Keyring:
                             lambda: self.kms.decrypt(row.key_arn, row.wrapped,
                                                      encryption_context(tenant, category, epoch)))
         except KmsError as err:
+            if not isinstance(err, KeyRevoked):
+                with self._lock:
+                    failed = self._cache.get(slot)
+                if failed is not None:
+                    failed.retry_at = self.clock.now() + self.outage_backoff
             if tolerate_outage and not isinstance(err, KeyRevoked):
                 return None  # keep the cached key until it expires
             raise
@@ -428,12 +491,15 @@ class Keyring:
             self._current[(tenant, cat)] = int(epoch)
         return int(epoch)
 
-    def _tenant_wrapping(self, conn: sa.Connection, tenant: str) -> tuple[str, int]:
+    def _tenant_wrapping(self, conn: sa.Connection, tenant: str,
+                         lock: bool = False) -> tuple[str, int]:
         """The key new data keys are wrapped under, and the generation to stamp them with:
-        during a rewrap to another key they are pending, so one below the rewrap's."""
-        row = conn.execute(sa.select(tenants.c.key_arn, tenants.c.rewrap_to,
-                                     tenants.c.rewrap_generation)
-                           .where(tenants.c.tenant_id == tenant)).first()
+        during a rewrap to another key they are pending, so one below the rewrap's.
+        ``lock``: hold the row (shared) until the caller's insert commits, so that a rewrap
+        cannot finish in between without seeing the new key."""
+        query = sa.select(tenants.c.key_arn, tenants.c.rewrap_to, tenants.c.rewrap_generation
+                          ).where(tenants.c.tenant_id == tenant)
+        row = conn.execute(query.with_for_update(read=True) if lock else query).first()
         if row is None:
             raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
         key_arn, rewrap_to, generation = str(row[0]), row[1], int(row[2])
@@ -453,7 +519,7 @@ class Keyring:
                             functools.partial(self.kms.generate_data_key, key_arn, context))
             try:
                 with self.engine.begin() as conn:
-                    if self._tenant_wrapping(conn, tenant) != (key_arn, stamp):
+                    if self._tenant_wrapping(conn, tenant, lock=True) != (key_arn, stamp):
                         out.plaintext[:] = bytes(len(out.plaintext))
                         continue  # a rewrap started or finished meanwhile: wrap anew
                     conn.execute(data_keys.insert().values(

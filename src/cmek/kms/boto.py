@@ -3,8 +3,10 @@
 Retries: botocore's ``standard`` mode, ``max_attempts`` in total (default 3), which
 retries throttling, 5xx and connection errors with jittered exponential backoff. A
 call that still fails surfaces as ``KmsUnavailable``; the lifecycle engine decides
-what an outage means. Timeouts are short (connect 2 s, read 5 s) because a slow KMS
-is treated as an unavailable one.
+what an outage means. Timeouts are short (connect 2 s, read 5 s by default; the
+platform's ``kms_connect_timeout`` and ``kms_read_timeout``) because a slow KMS is
+treated as an unavailable one. botocore's standard mode also keeps a retry quota per
+client: during a long outage it stops retrying until calls succeed again.
 """
 
 from __future__ import annotations

@@ -238,6 +238,10 @@ class Lifecycle:
                             since=self.clock.now())
         if previous.state.serving:
             self.enforcer.lock(destroyed.tenant_id, destroyed)
+        # On the record before anything goes: a shred that a crash cuts short shows as
+        # started, and the next run's attestation (which counts only what is left to
+        # delete) is read against it.
+        self.audit.append(destroyed.tenant_id, "crypto_shred_started", {"reason": why})
         attestation = self.enforcer.destroy(destroyed.tenant_id)
         self.audit.append(destroyed.tenant_id, "crypto_shred_attestation",
                           {"reason": why, **attestation})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -16,8 +17,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmek.errors import CmekError
 from cmek.kms import KeyRevoked, RevocationReason
@@ -27,8 +29,10 @@ from cmek.platform.service import (
     KeyVerificationFailed,
     Platform,
     TenantKeyUnavailable,
+    TooManyAttempts,
     Unauthorized,
 )
+from cmek.platform.web import mount as mount_web
 
 log = logging.getLogger("cmek.platform")
 JOB_TICK_SECONDS = 1.0
@@ -42,13 +46,41 @@ STATUS: dict[str, int] = {
     "unknown_category": 400, "conflict": 409, "tenant_exists": 409,
     "key_verification_failed": 422, "body_too_large": 413,
     "tenant_key_unavailable": 423, "tenant_store_closed": 423, "backup_invalid": 422,
+    "rewrap_in_progress": 409,
+    "too_many_attempts": 429,
     "kms_unavailable": 503, "object_store_unavailable": 503,
     "decryption_failed": 500,  # stored ciphertext that does not open: tampered or misplaced
+    "internal_error": 500,
 }
 
 TenantId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 ObjectId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 Kind = Annotated[str, Path(pattern=r"^(tables|models|liveboards|answers)$")]
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Python's JSON parser lets NaN, infinities, lone surrogates (not UTF-8) and nesting
+    deeper than responses can be encoded through; stores could not give such bodies back
+    as sent, so free-form bodies refuse them at the door."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except ValueError:  # UnicodeEncodeError is one too
+        raise ValueError("only plain JSON: no NaN, infinities or lone surrogates") from None
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 
 
 class Strict(BaseModel):
@@ -75,8 +107,8 @@ class UserCreate(Strict):
 
 class ConnectionPut(Strict):
     type: str = Field(pattern=r"^(duckdb|postgres)$")
-    config: dict[str, Any]
-    credentials: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject
+    credentials: JsonObject = Field(default_factory=dict)
 
 
 class QueryIn(Strict):
@@ -90,8 +122,12 @@ class ScheduleIn(Strict):
     every_seconds: float = Field(ge=1, le=366 * 86400)
 
 
+class RewrapIn(Strict):
+    kms_key_arn: str | None = Field(default=None, min_length=1, max_length=256)
+
+
 class ClockIn(Strict):
-    advance_seconds: float = Field(ge=0)
+    advance_seconds: float = Field(ge=0, allow_inf_nan=False)
 
 
 def error(code: str, message: str, **extra: Any) -> JSONResponse:
@@ -147,6 +183,10 @@ def create_app(platform: Platform) -> FastAPI:
         def jobs() -> int:  # one process runs the jobs: the same one as the monitor
             return platform.run_due_jobs(in_workers=True) if platform.cluster.is_leader() else 0
 
+        try:  # before serving: nothing half done is ever served
+            await run_in_threadpool(platform.recover)
+        except Exception:
+            log.exception("recovery at start failed; the job runner retries")
         platform.cluster.start()
         tasks = [asyncio.create_task(every(JOB_TICK_SECONDS, jobs, "jobs")),
                  asyncio.create_task(every(MONITOR_TICK_SECONDS, platform.run_monitor,
@@ -163,11 +203,16 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(title="cmek platform", version="1", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.platform = platform
+    mount_web(app, platform)  # the pages (docs/web.md), outside the OpenAPI document
 
     @app.exception_handler(CmekError)
     async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
         if isinstance(exc, KeyVerificationFailed):
             return error(exc.code, exc.message, findings=exc.findings)
+        if isinstance(exc, TooManyAttempts):
+            refused = error(exc.code, exc.message)
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
         if isinstance(exc, TenantKeyUnavailable):
             return error(exc.code, exc.message, key_state=exc.key_state, reason=exc.reason)
         if isinstance(exc, KeyRevoked):  # met on the data path: the tenant is being locked
@@ -182,6 +227,16 @@ def create_app(platform: Platform) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error("invalid_input", f"{where or 'request'}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """The framework's own refusals (no such route, wrong method, a body that is not
+        JSON or not UTF-8) in the same shape as every other refusal."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                 "invalid_input")
+        return JSONResponse({"error": code, "message": str(exc.detail)[:300]},
+                            status_code=exc.status_code,
+                            headers={**(exc.headers or {}), "Cache-Control": "no-store"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -232,8 +287,13 @@ def create_app(platform: Platform) -> FastAPI:
         await call(platform.lifecycle.check, tenant, "requested")
         return await call(platform.lifecycle.view, tenant)
 
+    @app.post("/v1/tenants/{tenant}/key/rewrap")
+    async def key_rewrap(tenant: TenantId, body: RewrapIn, _: Op) -> dict[str, Any]:
+        await call(platform.tenant_view, tenant)
+        return await call(platform.rewrap, tenant, body.kms_key_arn)
+
     @app.post("/v1/key-events", status_code=202)
-    async def key_events(request: Request, event: dict[str, Any],
+    async def key_events(request: Request, event: JsonObject,
                          x_cmek_event_secret: Annotated[str | None, Header()] = None
                          ) -> dict[str, Any]:
         expected = settings.event_secret
@@ -245,8 +305,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     # --- sessions and tokens --------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/sessions", status_code=201)
-    async def login(tenant: TenantId, body: Login) -> dict[str, Any]:
-        token, expires = await call(platform.login, tenant, body.email, body.password)
+    async def login(tenant: TenantId, body: Login, request: Request) -> dict[str, Any]:
+        client = request.client.host if request.client else None
+        token, expires = await call(platform.login, tenant, body.email, body.password, client)
         return {"token": token, "expires_at": expires}
 
     @app.delete("/v1/tenants/{tenant}/sessions", status_code=204)
@@ -270,7 +331,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     # --- metadata -------------------------------------------------------------------------
     @app.put("/v1/tenants/{tenant}/objects/{kind}/{object_id}")
-    async def put_object(kind: Kind, object_id: ObjectId, body: dict[str, Any],
+    async def put_object(kind: Kind, object_id: ObjectId, body: JsonObject,
                          me: Me) -> dict[str, Any]:
         stored = await call(platform.put_object, me, kind, object_id, body)
         return {"kind": kind, "id": object_id, "version": stored.version,
@@ -327,7 +388,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     # --- auth configuration ---------------------------------------------------------------
     @app.put("/v1/tenants/{tenant}/auth/sso")
-    async def put_sso(body: dict[str, Any], me: Me) -> dict[str, Any]:
+    async def put_sso(body: JsonObject, me: Me) -> dict[str, Any]:
         return await call(platform.put_sso, me, body)
 
     @app.get("/v1/tenants/{tenant}/auth/sso")
@@ -373,12 +434,12 @@ def create_app(platform: Platform) -> FastAPI:
                        ) -> dict[str, Any]:
         return {"activity": await call(platform.store(me.tenant_id).activity, limit)}
 
-    if settings.dev:
-        @app.get("/_dev/clock")
+    if settings.dev:  # controls for tests and demos: not part of the documented API
+        @app.get("/_dev/clock", include_in_schema=False)
         async def dev_clock() -> dict[str, float]:
             return {"now": platform.clock.now()}
 
-        @app.post("/_dev/clock")
+        @app.post("/_dev/clock", include_in_schema=False)
         async def dev_clock_advance(body: ClockIn) -> dict[str, float]:
             advance = getattr(platform.clock, "advance", None)
             if advance is None:
@@ -386,11 +447,11 @@ def create_app(platform: Platform) -> FastAPI:
             advance(body.advance_seconds)
             return {"now": platform.clock.now()}
 
-        @app.get("/_dev/cluster")
+        @app.get("/_dev/cluster", include_in_schema=False)
         async def dev_cluster() -> dict[str, bool]:
             return {"leader": await call(platform.cluster.is_leader)}
 
-        @app.post("/_dev/jobs/run")
+        @app.post("/_dev/jobs/run", include_in_schema=False)
         async def dev_run_jobs() -> dict[str, int]:
             return {"ran": await call(platform.run_due_jobs)}
 

@@ -42,6 +42,9 @@ ENV_VARS: dict[str, str] = {
     "s3_endpoint_url": "CMEK_S3_ENDPOINT_URL",
     "kms_region": "CMEK_KMS_REGION",
     "kms_endpoint_url": "CMEK_KMS_ENDPOINT_URL",
+    "kms_connect_timeout": "CMEK_KMS_CONNECT_TIMEOUT",
+    "kms_read_timeout": "CMEK_KMS_READ_TIMEOUT",
+    "provider_account": "CMEK_PROVIDER_ACCOUNT",
     "operator_token": "CMEK_OPERATOR_TOKEN",
     "event_secret": "CMEK_EVENT_SECRET",
     "check_interval": "CMEK_CHECK_INTERVAL",
@@ -54,6 +57,10 @@ ENV_VARS: dict[str, str] = {
     "port": "CMEK_PORT",
     "dev": "CMEK_DEV",
     "max_body_bytes": "CMEK_MAX_BODY_BYTES",
+    "login_max_failures": "CMEK_LOGIN_MAX_FAILURES",
+    "login_max_failures_per_client": "CMEK_LOGIN_MAX_FAILURES_PER_CLIENT",
+    "login_lockout": "CMEK_LOGIN_LOCKOUT",
+    "log_level": "CMEK_LOG_LEVEL",
 }
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -143,6 +150,9 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     kms_region: str = "us-west-2"
     kms_endpoint_url: str | None = None
+    kms_connect_timeout: float = 2.0
+    kms_read_timeout: float = 5.0
+    provider_account: str | None = None  # the AWS account the platform calls KMS as
     operator_token: SecretStr | None = None
     event_secret: SecretStr | None = None
     check_interval: float = 5.0
@@ -155,6 +165,10 @@ class Settings(BaseModel):
     port: int = 8000
     dev: bool = False
     max_body_bytes: int = 1_048_576
+    login_max_failures: int = 5
+    login_max_failures_per_client: int = 50
+    login_lockout: float = 300.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
     def tenant_backend(self) -> Literal["sqlite", "postgresql"]:
@@ -233,7 +247,7 @@ class Settings(BaseModel):
         return _secret(value)
 
     @field_validator("check_interval", "restore_window", "live_store_grace", "data_key_ttl",
-                     mode="before")
+                     "kms_connect_timeout", "kms_read_timeout", mode="before")
     @classmethod
     def _check_positive(cls, value: Any) -> float:
         return _seconds(value, allow_zero=False)
@@ -252,6 +266,13 @@ class Settings(BaseModel):
             raise _Invalid(f"must be <= restore_window ({ENV_VARS['restore_window']}, "
                            f"{window:g} s), got {value:g}")
         return value
+
+    @field_validator("provider_account", mode="before")
+    @classmethod
+    def _check_account(cls, value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and re.fullmatch(r"\d{12}", value)):
+            return value
+        raise _Invalid(f"must be a 12-digit AWS account id, got {_shown(value)}")
 
     @field_validator("host", mode="before")
     @classmethod
@@ -281,8 +302,29 @@ class Settings(BaseModel):
             raise _Invalid(f"must be a whole number of bytes > 0, got {_shown(value)}")
         return value
 
+    @field_validator("login_max_failures", "login_max_failures_per_client", mode="before")
+    @classmethod
+    def _check_failures(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _Invalid(f"must be a whole number of failed sign-ins >= 1, got {_shown(value)}")
+        return value
 
-_INTS = frozenset({"port", "max_body_bytes"})
+    @field_validator("login_lockout", mode="before")
+    @classmethod
+    def _check_lockout(cls, value: Any) -> float:
+        return _seconds(value, allow_zero=False)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> str:
+        level = value.strip().upper() if isinstance(value, str) else value
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise _Invalid(f"must be DEBUG, INFO, WARNING or ERROR, got {_shown(value)}")
+        return str(level)
+
+
+_INTS = frozenset({"port", "max_body_bytes", "login_max_failures",
+                   "login_max_failures_per_client"})
 _FLOATS = frozenset(name for name, f in Settings.model_fields.items() if f.annotation is float)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 metadata = sa.MetaData()
 
@@ -53,6 +54,16 @@ refused_runs = sa.Table(
     sa.Column("error_code", sa.String(64), nullable=False),
 )
 
+login_failures = sa.Table(
+    "platform_login_failures", metadata,
+    # A SHA-256 of what is counted (the tenant and the keyed email hash, or the client
+    # address), so the control plane holds no email address.
+    sa.Column("subject", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("locked_until", sa.Float, nullable=True),
+)
+
 
 def new_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
@@ -87,6 +98,12 @@ class ControlPlane:
             return False
         return True
 
+    def set_key_arn(self, tenant_id: str, key_arn: str) -> None:
+        """The last step of a rewrap to another key: the tenant is now under that key."""
+        with self.engine.begin() as conn:
+            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant_id)
+                         .values(key_arn=key_arn))
+
     def tenant(self, tenant_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
@@ -117,6 +134,19 @@ class ControlPlane:
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return None
         return TokenInfo(row.tenant_id, row.user_id, row.kind, row.role, row.expires_at)
+
+    def ended(self, token: str, now: float) -> tuple[TokenInfo, float] | None:
+        """A revoked token that has not yet expired, with when it was revoked."""
+        digest = token_hash(token)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
+        if row is None or row.revoked_at is None or not hmac.compare_digest(row.token_hash,
+                                                                           digest):
+            return None
+        if row.expires_at is not None and row.expires_at <= now:
+            return None
+        return (TokenInfo(row.tenant_id, row.user_id, row.kind, row.role, row.expires_at),
+                float(row.revoked_at))
 
     def revoke(self, token: str, now: float) -> bool:
         with self.engine.begin() as conn:
@@ -173,3 +203,41 @@ class ControlPlane:
                     for r in conn.execute(sa.select(refused_runs).where(
                         refused_runs.c.tenant_id == tenant_id,
                         refused_runs.c.schedule_id == schedule_id))]
+
+    # --- login throttling -----------------------------------------------------------------
+    def login_locked_until(self, subjects: list[str], now: float) -> float | None:
+        """The end of the latest lockout in force on any of the subjects, if any."""
+        with self.engine.connect() as conn:
+            until = conn.execute(sa.select(sa.func.max(login_failures.c.locked_until)).where(
+                login_failures.c.subject.in_(subjects),
+                login_failures.c.locked_until > now)).scalar()
+        return None if until is None else float(until)
+
+    def login_failed(self, limits: list[tuple[str, int]], now: float, window: float) -> None:
+        """Count a failed sign-in against each (subject, limit): failures are counted over
+        ``window`` seconds from the first; reaching the limit locks the subject out for
+        ``window`` seconds, after which it starts afresh. Atomic in one transaction."""
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert)
+        expired = login_failures.c.window_start <= now - window
+        with self.engine.begin() as conn:  # subjects in a fixed order: account, then client
+            for subject, limit in limits:
+                conn.execute(insert(login_failures).values(
+                    subject=subject, failures=1, window_start=now, locked_until=None,
+                ).on_conflict_do_update(index_elements=[login_failures.c.subject], set_={
+                    "failures": sa.case((expired, 1), else_=login_failures.c.failures + 1),
+                    "window_start": sa.case((expired, now),
+                                            else_=login_failures.c.window_start),
+                }))
+                conn.execute(login_failures.update().where(
+                    login_failures.c.subject == subject, login_failures.c.failures >= limit)
+                    .values(failures=0, window_start=now, locked_until=now + window))
+        with self.engine.begin() as conn:  # forget the idle: never waiting on a row in use
+            idle = sa.select(login_failures.c.subject).where(expired, sa.or_(
+                login_failures.c.locked_until.is_(None), login_failures.c.locked_until <= now)
+            ).with_for_update(skip_locked=True)
+            conn.execute(login_failures.delete().where(login_failures.c.subject.in_(idle)))
+
+    def login_succeeded(self, subject: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(login_failures.delete().where(login_failures.c.subject == subject))

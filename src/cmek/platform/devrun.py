@@ -156,6 +156,7 @@ def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
         "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": operator_token,
         "CMEK_EVENT_SECRET": event_secret, "AWS_ACCESS_KEY_ID": PROVIDER[0],
         "AWS_SECRET_ACCESS_KEY": PROVIDER[1], "CMEK_BACKUP_INTERVAL": "0",
+        "CMEK_PROVIDER_ACCOUNT": PROVIDER[2].split(":")[4],
     }
     platform, url = _start([sys.executable, "-m", "cmek.cli", "serve", "--dev", "--port",
                             str(PLATFORM_PORT)], platform_env, "cmek listening on ", verbose)
@@ -200,6 +201,7 @@ def main() -> int:
 cmek is running (Ctrl-C stops it)
   platform API   {url}          operator token: {demo.operator_token}
   kmslocal       {kms_url}      (dev mode)
+  web app        {url}/t/{TENANT}/   operator console: {url}/ops
   demo tenant    {TENANT}, key {key_arn}
   users          {ADMIN[0]} / {ADMIN[1]}  (admin)
                  {ANALYST[0]} / {ANALYST[1]}  (analyst)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
 
 import uvicorn
 
+from cmek import crashpoints
 from cmek.clock import Clock, OffsetClock, SystemClock
 from cmek.platform.api import create_app
-from cmek.platform.config import load_settings
+from cmek.platform.config import ConfigError, load_settings
 from cmek.platform.service import Platform
 
 
@@ -29,7 +31,8 @@ class _Server(uvicorn.Server):
 def serve(*, config_file: Path | None, host: str | None, port: int | None,
           dev: bool | None) -> int:
     settings = load_settings(config_file, host=host, port=port, dev=dev)
-    logging.basicConfig(level=logging.INFO,
+    _arm_crash_point(os.environ.get(crashpoints.ENV_VAR, ""), settings.dev)
+    logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     clock: Clock = OffsetClock() if settings.dev else SystemClock()
     platform = Platform(settings, clock)
@@ -53,3 +56,15 @@ def serve(*, config_file: Path | None, host: str | None, port: int | None,
     finally:
         platform.close()
     return 0
+
+
+def _arm_crash_point(spec: str, dev: bool) -> None:
+    """Crash points exist for the crash tests of a development process, never otherwise."""
+    if not spec.strip():
+        return
+    if not dev:
+        raise ConfigError(f"{crashpoints.ENV_VAR}: crash points need --dev (CMEK_DEV)")
+    try:
+        crashpoints.arm(spec)
+    except ValueError as e:
+        raise ConfigError(f"{crashpoints.ENV_VAR}: {e}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -21,27 +22,59 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from cmek import crashpoints
 from cmek.audit import AuditTrail
 from cmek.clock import Clock
-from cmek.customer.keys import verify_key
+from cmek.customer.keys import VerifyReport, verify_key
 from cmek.db import create_engine
 from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
 from cmek.keyring import Keyring, validate_tenant_id
 from cmek.keyring.table import data_keys
-from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
-from cmek.lifecycle import Durations, Lifecycle, TenantKeyState
+from cmek.kms import BotoKms, KeyDescription, KeyRevoked, Kms, KmsError, KmsSettings
+from cmek.lifecycle import Durations, KeyState, Lifecycle, TenantKeyState
 from cmek.platform import connectors
 from cmek.platform.cluster import Cluster
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, TokenInfo
-from cmek.stores.backup import BackupInfo, create_backup, list_backups, restore_backup
+from cmek.stores.backup import (
+    BackupInfo,
+    RestoreJournal,
+    create_backup,
+    list_backups,
+    restore_backup,
+)
 from cmek.stores.objects import ObjectNotFound, ObjectStore, open_object_store
 from cmek.stores.search import SearchIndex
-from cmek.stores.tenant import OBJECT_KINDS, StoredObject, TenantStore
+from cmek.stores.tenant import OBJECT_KINDS, NotFound, StoreClosed, StoredObject, TenantStore
 
 SESSION_TTL = 8 * 3600.0
 ROLES = ("admin", "analyst")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+class StoreIndex(SearchIndex):
+    """A tenant's search index with the version of each object in it. Sealed at rest as
+    one line of versions, then the index itself; checked against the store when loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, int] = {}
+
+    def dump(self) -> bytes:
+        return json.dumps(self.versions, sort_keys=True).encode() + b"\n" + self.to_bytes()
+
+    @classmethod
+    def load(cls, data: bytes) -> StoreIndex | None:
+        """None for an index saved without versions: it is rebuilt."""
+        head, newline, body = data.partition(b"\n")
+        versions = json.loads(head) if newline else None
+        if not isinstance(versions, dict) or not all(
+                isinstance(k, str) and type(v) is int for k, v in versions.items()):
+            return None
+        index = cls.from_bytes(body)
+        assert isinstance(index, StoreIndex)
+        index.versions = versions
+        return index
 
 
 class KeyVerificationFailed(CmekError):
@@ -70,6 +103,17 @@ class Unauthorized(CmekError):
 
 class Forbidden(CmekError):
     code = "forbidden"
+
+
+class TooManyAttempts(CmekError):
+    """Sign-ins refused for a while after repeated failures: the same answer whether or
+    not the email exists, and whether or not the password is right."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many failed sign-ins; try again later")
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 @dataclass(frozen=True)
@@ -103,7 +147,9 @@ class Platform:
         tenant_dbs.metadata.create_all(self.engine)
         self.audit = AuditTrail(self.engine, clock)
         self.kms: Kms = kms or BotoKms(KmsSettings(
-            region=settings.kms_region, endpoint_url=settings.kms_endpoint_url))
+            region=settings.kms_region, endpoint_url=settings.kms_endpoint_url,
+            connect_timeout=settings.kms_connect_timeout,
+            read_timeout=settings.kms_read_timeout))
         self.keyring = Keyring(self.kms, self.engine, clock, self.audit,
                                ttl=settings.data_key_ttl,
                                refresh_ahead=min(30.0, settings.data_key_ttl / 2))
@@ -123,9 +169,13 @@ class Platform:
         self._stores: dict[str, TenantStore] = {}
         self._known_tenants: set[str] = set()
         self.workers = TenantWorkers(self.run_tenant_jobs)
-        self._indexes: dict[str, SearchIndex] = {}
+        self._indexes: dict[str, StoreIndex] = {}
         self._stale_indexes: set[str] = set()
+        self._index_locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
+        self._rewrap_locks: dict[str, threading.Lock] = {}
+        self.restores = RestoreJournal(self.engine)
+        self._unrestored: set[str] = set()  # a restore cut short, not yet finished
 
     def close(self) -> None:
         self.cluster.stop()
@@ -147,6 +197,7 @@ class Platform:
             raise KeyVerificationFailed(report.findings())
         if not self.control.add_tenant(tenant_id, key_arn, self.clock.now()):
             raise TenantExists(f"tenant {tenant_id} already exists")
+        self.audit.append(tenant_id, "key_verified", _verification(report, "provisioning", None))
         self.keyring.register_tenant(tenant_id, key_arn)
         store = self.store(tenant_id)
         admin = store.create_user(admin_email, self.hasher.hash(admin_password), "admin")
@@ -205,6 +256,8 @@ class Platform:
         state = self.lifecycle.state(tenant_id)
         if not state.state.serving:
             raise TenantKeyUnavailable(state)
+        if tenant_id in self._unrestored:
+            raise StoreClosed(f"the stores of tenant {tenant_id} are being restored")
 
     def _known(self, tenant_id: str) -> None:
         """Tenant ids are never released, so a known one need not be looked up again."""
@@ -241,10 +294,47 @@ class Platform:
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f'ALTER ROLE "{tenant_db_name(tenant_id)}" LOGIN')
 
+    # --- rewrap ---------------------------------------------------------------------------
+    def rewrap(self, tenant_id: str, new_key_arn: str | None) -> dict[str, Any]:
+        """Re-wrap the tenant's data keys under ``new_key_arn``, verified first as at
+        provisioning, or under its own key's newest material after a rotation. The data is
+        untouched. Progress is kept in the key table, so a rewrap cut short by a crash is
+        finished by ``recover`` (at start and by the job runner)."""
+        self.guard(tenant_id)
+        if new_key_arn is not None and new_key_arn != self.keyring.key_arn(tenant_id):
+            report = verify_key(self.kms, new_key_arn, region=self.settings.kms_region,
+                                tenant=tenant_id)
+            if not report.ok:
+                raise KeyVerificationFailed(report.findings())
+            self.audit.append(tenant_id, "key_verified", _verification(report, "rewrap", None))
+        with self._rewrap_lock(tenant_id):
+            done = self.keyring.rewrap(tenant_id, new_key_arn)
+            crashpoints.reached("rewrap.finished")
+            self.control.set_key_arn(tenant_id, done.key_arn)
+        return {"tenant_id": tenant_id, "kms_key_arn": done.key_arn,
+                "rewrapped": done.rewrapped, "total": done.total, "resumed": done.resumed}
+
+    def _rewrap_lock(self, tenant_id: str) -> threading.Lock:
+        with self._lock:
+            return self._rewrap_locks.setdefault(tenant_id, threading.Lock())
+
     # --- authentication -------------------------------------------------------------------
-    def login(self, tenant_id: str, email: str, password: str) -> tuple[str, float | None]:
+    def login(self, tenant_id: str, email: str, password: str,
+              client: str | None = None) -> tuple[str, float | None]:
+        """``client`` is the caller's address: failures are counted per (tenant, email)
+        and per client, and either one over its limit refuses every sign-in it covers."""
         self.guard(tenant_id)
         store = self.store(tenant_id)
+        account = _subject("account", tenant_id, store.email_lookup(str(email)))
+        limits = [(account, self.settings.login_max_failures)]
+        if client:
+            limits.append((_subject("client", client),
+                           self.settings.login_max_failures_per_client))
+        now = self.clock.now()
+        locked_until = self.control.login_locked_until([s for s, _ in limits], now)
+        if locked_until is not None:  # checked before the password: a right one is refused
+            store.log("login_throttled", "anonymous", {})
+            raise TooManyAttempts(locked_until - now)
         user = store.find_user(email) if isinstance(email, str) else None
         try:
             if user is None:
@@ -252,8 +342,10 @@ class Platform:
                 raise VerifyMismatchError
             self.hasher.verify(user["password_hash"], password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
+            self.control.login_failed(limits, self.clock.now(), self.settings.login_lockout)
             store.log("login_failed", "anonymous", {})
             raise Unauthorized("wrong email or password") from None
+        self.control.login_succeeded(account)
         store.log("login", user["user_id"], {})
         return self.control.issue(tenant_id, user["user_id"], str(user["role"]), "session",
                                   self.clock.now(), SESSION_TTL)
@@ -272,6 +364,32 @@ class Platform:
         if info.tenant_id != tenant_id:
             raise Forbidden("this token belongs to another tenant")
         return Caller(tenant_id, info.user_id, info.role, info.kind, token)
+
+    def ended_session_role(self, token: str, tenant_id: str) -> str | None:
+        """The role of the tenant's session that its current lock ended, else None: so a
+        locked tenant's notice can show the key admin the countdowns, and nothing more."""
+        state = self.lifecycle.state(tenant_id)
+        ended = self.control.ended(token, self.clock.now())
+        if state.state.serving or state.unusable_since is None or ended is None:
+            return None
+        info, revoked_at = ended
+        if info.tenant_id != tenant_id or info.kind != "session" or (
+                revoked_at < state.unusable_since):
+            return None  # another tenant's, an API token, or signed out before the lock
+        return info.role
+
+    def verify_tenant_key(self, tenant_id: str, cause: str) -> dict[str, Any]:
+        """Verify the tenant's key as at provisioning, and record the result (with the key's
+        properties as DescribeKey shows them) in the audit trail as ``key_verified``."""
+        key_arn = self.tenant_view(tenant_id)["kms_key_arn"]
+        report = verify_key(self.kms, key_arn, region=self.settings.kms_region,
+                            tenant=tenant_id, provider_account=self.settings.provider_account)
+        try:
+            described: KeyDescription | None = self.kms.describe_key(key_arn)
+        except KmsError:
+            described = None
+        return self.audit.append(tenant_id, "key_verified",
+                                 _verification(report, cause, described)).data
 
     def logout(self, caller: Caller) -> None:
         self.control.revoke(caller.token, self.clock.now())
@@ -296,53 +414,110 @@ class Platform:
                    body: dict[str, Any]) -> StoredObject:
         store = self.store(caller.tenant_id)
         stored = store.put_object(kind, object_id, body)
-        store.log("object_saved", caller.user_id, {"kind": kind, "object_id": object_id})
-        index = self.search_index(caller.tenant_id)
-        index.upsert(f"{kind}/{object_id}", kind, _title(body, object_id), _texts(body))
+        crashpoints.reached("write.object_committed")
+        try:  # the object is saved: whatever fails from here, the indexing job catches up
+            store.log("object_saved", caller.user_id, {"kind": kind, "object_id": object_id})
+            with self._index_lock(caller.tenant_id):
+                index = self.search_index(caller.tenant_id)
+                doc = f"{kind}/{object_id}"
+                if index.versions.get(doc, 0) < stored.version:  # never over a later version
+                    index.upsert(doc, kind, _title(body, object_id), _texts(body))
+                    index.versions[doc] = stored.version
+        except Exception:
+            self._index_stale(caller.tenant_id)
+            raise
         try:
-            self._save_index(caller.tenant_id, index)
+            with self._index_lock(caller.tenant_id):
+                self._save_index(caller.tenant_id, index)
         except CmekError:
-            with self._lock:  # the object is saved; the indexing job catches up
-                self._stale_indexes.add(caller.tenant_id)
+            self._index_stale(caller.tenant_id)
         return stored
 
     def delete_object(self, caller: Caller, kind: str, object_id: str) -> None:
         store = self.store(caller.tenant_id)
         store.delete_object(kind, object_id)
-        store.log("object_deleted", caller.user_id, {"kind": kind, "object_id": object_id})
-        index = self.search_index(caller.tenant_id)
-        if index.remove(f"{kind}/{object_id}"):
-            self._save_index(caller.tenant_id, index)
+        try:
+            store.log("object_deleted", caller.user_id, {"kind": kind, "object_id": object_id})
+            with self._index_lock(caller.tenant_id):
+                index = self.search_index(caller.tenant_id)
+                known = index.versions.pop(f"{kind}/{object_id}", None) is not None
+                if index.remove(f"{kind}/{object_id}") or known:
+                    self._save_index(caller.tenant_id, index)
+        except Exception:
+            self._index_stale(caller.tenant_id)  # so a deleted object stops being found
+            raise
 
-    def search_index(self, tenant_id: str) -> SearchIndex:
+    def _index_stale(self, tenant_id: str) -> None:
+        with self._lock:  # the indexing job rebuilds it from the metadata
+            self._stale_indexes.add(tenant_id)
+
+    def _index_lock(self, tenant_id: str) -> threading.RLock:
+        """One writer of a tenant's index at a time (loading, updating and saving, or
+        rebuilding it): otherwise an update can land in a copy that another load replaces,
+        or an older snapshot can be saved over a newer one, and be gone after a lock."""
+        with self._lock:
+            return self._index_locks.setdefault(tenant_id, threading.RLock())
+
+    def search_index(self, tenant_id: str) -> StoreIndex:
         """The tenant's index: in memory while the key is usable, at rest only sealed."""
         with self._lock:
             index = self._indexes.get(tenant_id)
         if index is not None:
             return index
-        key = f"tenants/{tenant_id}/index/search"
-        try:
-            sealed = self.objects.get(key)
-        except ObjectNotFound:
-            index = self.rebuild_index(tenant_id)
-        else:
-            index = SearchIndex.from_bytes(
-                self.keyring.open(tenant_id, "search_index", "index/search", sealed))
-        with self._lock:
-            self._indexes[tenant_id] = index
+        with self._index_lock(tenant_id):
+            with self._lock:
+                index = self._indexes.get(tenant_id)
+            if index is not None:  # loaded meanwhile by another request
+                return index
+            key = f"tenants/{tenant_id}/index/search"
+            try:
+                sealed = self.objects.get(key)
+            except ObjectNotFound:
+                loaded = None
+            else:
+                loaded = StoreIndex.load(
+                    self.keyring.open(tenant_id, "search_index", "index/search", sealed))
+            index = (self.rebuild_index(tenant_id) if loaded is None
+                     else self._catch_up(tenant_id, loaded))
+            with self._lock:
+                self._indexes[tenant_id] = index
         return index
 
-    def rebuild_index(self, tenant_id: str) -> SearchIndex:
-        index = SearchIndex()
+    def _catch_up(self, tenant_id: str, index: StoreIndex) -> StoreIndex:
+        """Bring a loaded index level with the store, comparing versions only: a write
+        whose index update a crash (or a failed save) kept out is indexed now."""
+        store = self.store(tenant_id)
+        current = store.object_versions()
+        changed = [d for d in index.versions if d not in current]
+        for doc in changed:
+            index.remove(doc)
+            del index.versions[doc]
+        for doc, version in current.items():
+            if index.versions.get(doc) != version:
+                kind, object_id = doc.split("/", 1)
+                try:
+                    obj = store.get_object(kind, object_id)
+                except NotFound:
+                    continue  # deleted meanwhile
+                index.upsert(doc, kind, _title(obj.body, object_id), _texts(obj.body))
+                index.versions[doc] = obj.version
+                changed.append(doc)
+        if changed:
+            self._save_index(tenant_id, index)
+        return index
+
+    def rebuild_index(self, tenant_id: str) -> StoreIndex:
+        index = StoreIndex()
         for obj in self.store(tenant_id).list_objects():
-            index.upsert(f"{obj.kind}/{obj.object_id}", obj.kind, _title(obj.body, obj.object_id),
-                         _texts(obj.body))
+            doc = f"{obj.kind}/{obj.object_id}"
+            index.upsert(doc, obj.kind, _title(obj.body, obj.object_id), _texts(obj.body))
+            index.versions[doc] = obj.version
         self._save_index(tenant_id, index)
         return index
 
-    def _save_index(self, tenant_id: str, index: SearchIndex) -> None:
+    def _save_index(self, tenant_id: str, index: StoreIndex) -> None:
         self.objects.put(f"tenants/{tenant_id}/index/search", self.keyring.seal(
-            tenant_id, "search_index", "index/search", index.to_bytes()))
+            tenant_id, "search_index", "index/search", index.dump()))
 
     def search(self, caller: Caller, query: str, limit: int) -> list[dict[str, Any]]:
         hits = self.search_index(caller.tenant_id).search(query, limit=limit)
@@ -398,13 +573,14 @@ class Platform:
         done = 0
         for tenant_id in sorted(stale):
             try:
-                index = self.rebuild_index(tenant_id)
+                with self._index_lock(tenant_id):  # no update slips in between
+                    index = self.rebuild_index(tenant_id)
+                    with self._lock:
+                        self._indexes[tenant_id] = index
             except CmekError:
                 with self._lock:
                     self._stale_indexes.add(tenant_id)
                 continue
-            with self._lock:
-                self._indexes[tenant_id] = index
             done += 1
         return done
 
@@ -412,7 +588,8 @@ class Platform:
         """Run every due schedule, backup and indexing job once. A locked tenant's due
         schedules are recorded as refused; with ``in_workers`` each serving tenant's
         schedules run on that tenant's own worker thread instead of here."""
-        count = self.run_due_backups() + self.run_due_indexing()
+        resumed = self.resume_interrupted()
+        count = self.run_due_backups() + self.run_due_indexing() + sum(resumed.values())
         for tenant_id in self.tenant_ids():
             if not self.lifecycle.state(tenant_id).state.serving:
                 self.workers.stop(tenant_id)
@@ -479,6 +656,7 @@ class Platform:
     def backup(self, tenant_id: str, actor: str) -> BackupInfo:
         store = self.store(tenant_id)
         info = create_backup(store, self.objects)
+        crashpoints.reached("backup.published")
         store.log("backup_created", actor, {"backup_id": info.backup_id})
         return info
 
@@ -486,13 +664,15 @@ class Platform:
         self.store(tenant_id)  # UnknownTenant first
         return list_backups(tenant_id, self.objects)
 
-    def restore(self, tenant_id: str, backup_id: str) -> dict[str, Any]:
+    def restore(self, tenant_id: str, backup_id: str,
+                actor: str = "operator") -> dict[str, Any]:
         store = self.store(tenant_id)
-        report = restore_backup(store, self.objects, backup_id)
+        report = restore_backup(store, self.objects, backup_id, self.restores)
         with self._lock:
             self._indexes.pop(tenant_id, None)
             self._stale_indexes.add(tenant_id)  # the indexing job rebuilds it
-        store.log("backup_restored", "operator", {"backup_id": backup_id})
+            self._unrestored.discard(tenant_id)
+        store.log("backup_restored", actor, {"backup_id": backup_id})
         return {"backup_id": backup_id, **report}
 
     def run_due_backups(self) -> int:
@@ -510,6 +690,53 @@ class Platform:
                     continue
         return made
 
+
+    # --- recovery -------------------------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """At start, before serving: sweep what writes that a crash cut short left behind
+        (staging files), and finish the restores and rewraps it interrupted."""
+        return {"staging_files_swept": self.objects.sweep(), **self.resume_interrupted()}
+
+    def resume_interrupted(self) -> dict[str, int]:
+        """Finish the restores and rewraps that a crash cut short, here or in another
+        process; at start and on every run of the job runner. Until its restore is
+        finished, a tenant's requests are refused (423 ``tenant_store_closed``). A tenant
+        whose key is not usable waits: its own restore brings it back."""
+        log = logging.getLogger("cmek.platform")
+        restores = rewraps = 0
+        for tenant_id, backup_id in self.restores.abandoned():
+            state = self.lifecycle.state(tenant_id).state
+            if state is KeyState.DESTROYED:
+                self.restores.forget(tenant_id)
+            elif state.serving:
+                with self._lock:
+                    self._unrestored.add(tenant_id)
+                try:
+                    self.restore(tenant_id, backup_id, actor="recovery")
+                    restores += 1
+                except CmekError as e:
+                    log.warning("finishing a restore of %s failed (%s); retrying", tenant_id,
+                                e.code)
+        pending = self.keyring.pending_rewraps()
+        for tenant_id in pending:
+            lock = self._rewrap_lock(tenant_id)
+            if not self.lifecycle.state(tenant_id).state.serving or not lock.acquire(
+                    blocking=False):
+                continue  # locked tenants wait; a rewrap running here finishes itself
+            try:
+                rewraps += self.keyring.resume_rewrap(tenant_id) is not None
+            except CmekError as e:
+                log.warning("finishing a rewrap of %s failed (%s); retrying", tenant_id,
+                            e.code)
+            finally:
+                lock.release()
+        keys = self.keyring.tenant_keys()  # a rewrap's last step: the control plane's key
+        unfinished = set(self.keyring.pending_rewraps()) if pending else set()
+        for row in self.control.list_tenants():
+            key = keys.get(row["tenant_id"])
+            if key is not None and key != row["key_arn"] and row["tenant_id"] not in unfinished:
+                self.control.set_key_arn(row["tenant_id"], key)
+        return {"restores_resumed": restores, "rewraps_resumed": rewraps}
 
     # --- key events -----------------------------------------------------------------------
     def key_event(self, event: dict[str, Any]) -> list[str]:
@@ -702,9 +929,18 @@ class TenantEnforcer:
         with p.engine.begin() as conn:
             keys = conn.execute(data_keys.delete().where(
                 data_keys.c.tenant_id == tenant_id)).rowcount
-        objects = p.objects.delete_prefix(f"tenants/{tenant_id}/")
+        crashpoints.reached("shred.data_keys_deleted")
+        prefix = f"tenants/{tenant_id}/"
+        objects = p.objects.sweep(prefix) + p.objects.delete_prefix(prefix)
+        crashpoints.reached("shred.objects_deleted")
+        p.restores.forget(tenant_id)
         p.control.revoke_tenant(tenant_id, p.clock.now())
-        return {"data_keys_deleted": int(keys), "objects_deleted": objects}
+        with p.engine.connect() as conn:  # what the attestation attests: nothing is left
+            keys_left = conn.execute(sa.select(sa.func.count()).select_from(data_keys).where(
+                data_keys.c.tenant_id == tenant_id)).scalar_one()
+        return {"data_keys_deleted": int(keys), "objects_deleted": objects,
+                "data_keys_remaining": int(keys_left),
+                "objects_remaining": len(p.objects.list(prefix))}
 
 
 tenant_dbs = sa.Table(
@@ -719,6 +955,21 @@ def tenant_db_name(tenant_id: str) -> str:
     """Role and schema name: readable, unique (hash suffix), within PostgreSQL's 63."""
     digest = hashlib.sha256(tenant_id.encode()).hexdigest()[:8]
     return f"cmek_{tenant_id[:40].replace('-', '_')}_{digest}"
+
+
+def _verification(report: VerifyReport, cause: str,
+                  described: KeyDescription | None) -> dict[str, Any]:
+    key = None if described is None else {
+        "key_state": described.key_state, "key_spec": described.key_spec,
+        "key_usage": described.key_usage, "origin": described.origin,
+        "multi_region": described.multi_region, "account": described.account,
+        "deletion_date": described.deletion_date}
+    return {"ok": report.ok, "cause": cause, "key": key,
+            "checks": [c.to_json() for c in report.checks]}
+
+
+def _subject(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _result_id(connection: str, sql: str) -> str:

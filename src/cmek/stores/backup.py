@@ -8,15 +8,20 @@ Snapshot stream (before sealing), JSON lines:
     {"end": true, "rows": N, "objects": M}
 Rows and objects are already sealed by their own categories; the backup adds a layer
 bound to the backup's id, so a backup cannot be swapped for another one. A backup is
-listed only once its object is complete (the object store publishes atomically).
+listed only once its object is complete (the object store publishes atomically; what a
+crash leaves mid-write is a staging file, never listed, swept at the next start).
+A restore is journaled in the control plane while it replaces the live stores, so one
+that a crash cuts short is run again from the start (``RestoreJournal``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
+from cmek import crashpoints
 from cmek.errors import CmekError, InvalidInput
 from cmek.stores.objects import ObjectNotFound, ObjectStore
 from cmek.stores.tenant import TenantStore, metadata
@@ -34,6 +40,79 @@ VERSION = 1
 
 class BackupInvalid(CmekError):
     code = "backup_invalid"
+
+
+journal_metadata = sa.MetaData()
+
+# Restores in progress, in the control plane. A restore replaces everything with the
+# backup's content, so one cut short by a crash is simply run again.
+restores = sa.Table(
+    "cmek_restores", journal_metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("backup_id", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+)
+
+
+class RestoreJournal:
+    """Which tenants are being restored, and from which backup: so that a restore that a
+    crash cut short (its rows replaced, its objects half replaced) is found and finished.
+
+    Whether an entry's restore is still running: in this process, a set; in another one
+    (PostgreSQL, several processes), the row lock its restore holds for its whole run,
+    which the database drops when that process dies."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        journal_metadata.create_all(engine)
+
+    @contextlib.contextmanager
+    def entry(self, tenant: str, backup_id: str, now: float) -> Iterator[None]:
+        """Journal one restore for as long as it runs; the entry goes once it is done."""
+        with self._lock:
+            self._running.add(tenant)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(restores.delete().where(restores.c.tenant_id == tenant))
+                conn.execute(restores.insert().values(tenant_id=tenant, backup_id=backup_id,
+                                                      started_at=now))
+            with self._held(tenant):
+                yield
+            with self.engine.begin() as conn:
+                conn.execute(restores.delete().where(restores.c.tenant_id == tenant,
+                                                     restores.c.backup_id == backup_id))
+        finally:
+            with self._lock:
+                self._running.discard(tenant)
+
+    @contextlib.contextmanager
+    def _held(self, tenant: str) -> Iterator[None]:
+        if self.engine.dialect.name != "postgresql":
+            yield  # SQLite: one process, whose own restores are in ``_running``
+            return
+        with self.engine.connect() as conn, conn.begin() as tx:
+            conn.execute(sa.select(restores.c.tenant_id).where(
+                restores.c.tenant_id == tenant).with_for_update())
+            yield
+            tx.rollback()
+
+    def abandoned(self) -> list[tuple[str, str]]:
+        """(tenant, backup id) of every restore that is journaled but not running."""
+        query = sa.select(restores.c.tenant_id, restores.c.backup_id).order_by(
+            restores.c.tenant_id)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            rows = [(str(r[0]), str(r[1])) for r in conn.execute(query)]
+        with self._lock:
+            return [r for r in rows if r[0] not in self._running]
+
+    def forget(self, tenant: str) -> None:
+        """A destroyed tenant has nothing left to restore."""
+        with self.engine.begin() as conn:
+            conn.execute(restores.delete().where(restores.c.tenant_id == tenant))
 
 
 @dataclass(frozen=True)
@@ -111,6 +190,7 @@ def _snapshot(store: TenantStore, objects: ObjectStore) -> Iterator[bytes]:
         count += 1
         yield json.dumps({"object": relative,
                           "b64": base64.b64encode(data).decode()}).encode() + b"\n"
+        crashpoints.reached("backup.object_streamed")
     yield json.dumps({"end": True, "rows": rows, "objects": count}).encode() + b"\n"
 
 
@@ -137,8 +217,11 @@ def list_backups(tenant: str, objects: ObjectStore) -> list[BackupInfo]:
     return sorted(out, key=lambda b: b.backup_id)
 
 
-def restore_backup(store: TenantStore, objects: ObjectStore, backup_id: str) -> dict[str, Any]:
-    """Replace every live store of the tenant with the backup's content."""
+def restore_backup(store: TenantStore, objects: ObjectStore, backup_id: str,
+                   journal: RestoreJournal | None = None) -> dict[str, Any]:
+    """Replace every live store of the tenant with the backup's content. The backup is
+    opened and checked whole before anything live changes; with a ``journal``, a restore
+    that a crash cuts short after that can be found and run again."""
     if not backup_id.replace("-", "").isalnum() or len(backup_id) > 64:
         raise InvalidInput("invalid backup id")
     key = _backup_key(store.tenant, backup_id)
@@ -151,10 +234,16 @@ def restore_backup(store: TenantStore, objects: ObjectStore, backup_id: str) -> 
             store.keyring.open_stream(store.tenant, "backups", f"backup/{backup_id}", src,
                                       plain)
         plain.seek(0)
-        return _apply(store, objects, plain)
+        header, rows, new_objects, end = _read(store, plain)
+        if journal is None:
+            return _apply(store, objects, header, rows, new_objects, end)
+        with journal.entry(store.tenant, backup_id, store.clock.now()):
+            return _apply(store, objects, header, rows, new_objects, end)
 
 
-def _apply(store: TenantStore, objects: ObjectStore, plain: IO[bytes]) -> dict[str, Any]:
+def _read(store: TenantStore, plain: IO[bytes]) -> tuple[
+        dict[str, Any], dict[str, list[dict[str, Any]]], list[tuple[str, bytes]],
+        dict[str, Any]]:
     header = json.loads(plain.readline())
     if header.get("format") != FORMAT or header.get("tenant") != store.tenant:
         raise BackupInvalid("not a backup of this tenant")
@@ -172,17 +261,27 @@ def _apply(store: TenantStore, objects: ObjectStore, plain: IO[bytes]) -> dict[s
             end = record
     if end is None or end["rows"] != sum(map(len, rows.values())):
         raise BackupInvalid("the backup is incomplete")
+    return header, rows, new_objects, end
+
+
+def _apply(store: TenantStore, objects: ObjectStore, header: dict[str, Any],
+           rows: dict[str, list[dict[str, Any]]], new_objects: list[tuple[str, bytes]],
+           end: dict[str, Any]) -> dict[str, Any]:
     with store.engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(table.delete())
         for table in metadata.sorted_tables:
             if rows[table.name]:
                 conn.execute(table.insert(), rows[table.name])
+    crashpoints.reached("restore.rows_replaced")
     prefix = _prefix(store.tenant)
-    for info in objects.list(prefix):
-        if not info.key[len(prefix):].startswith("backups/"):
-            objects.delete(info.key)
-    for relative, data in new_objects:
+    for relative, data in new_objects:  # overwrite first, then drop the rest
         objects.put(prefix + relative, data)
+        crashpoints.reached("restore.object_replaced")
+    keep = {prefix + relative for relative, _ in new_objects}
+    for info in objects.list(prefix):
+        if info.key not in keep and not info.key[len(prefix):].startswith("backups/"):
+            objects.delete(info.key)
+            crashpoints.reached("restore.object_replaced")
     return {"restored_from": header["created_at"], "rows": end["rows"],
             "objects": end["objects"]}

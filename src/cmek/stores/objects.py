@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, NoReturn, Protocol
 from urllib.parse import unquote, urlsplit
 
+from cmek import crashpoints
 from cmek.errors import CmekError, InvalidInput
 
 if TYPE_CHECKING:
@@ -73,6 +75,10 @@ class ObjectStore(Protocol):
         ...
 
     def delete_prefix(self, prefix: str) -> int: ...
+
+    def sweep(self, prefix: str = "") -> int:
+        """Delete what writers that died mid-write left behind; never a live write's."""
+        ...
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Sorted by key."""
@@ -196,7 +202,12 @@ class FileObjectStore:
 
     def put_stream(self, key: str, writer: Callable[[BinaryIO], None]) -> int:
         target = self._path(key)
-        fd, tmp, folder = self._staging_file(key)
+        try:
+            with _sweep_lock(self.root, fcntl.LOCK_SH):  # no sweep between making and locking
+                fd, tmp, folder = self._staging_file(key)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held until published: ``sweep`` leaves it
+        except OSError as e:
+            raise self._os_error(key, "write", e) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 writer(f)
@@ -206,10 +217,11 @@ class FileObjectStore:
                     os.fsync(f.fileno())
                 except OSError as e:
                     raise self._os_error(key, "write", e) from None
-            try:
-                os.replace(tmp, target)
-            except OSError as e:
-                raise self._os_error(key, "write", e) from None
+                crashpoints.reached("objects.staged")
+                try:
+                    os.replace(tmp, target)
+                except OSError as e:
+                    raise self._os_error(key, "write", e) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -262,6 +274,28 @@ class FileObjectStore:
         self._prune(base.parent if base != self.root else base)
         return count
 
+    def sweep(self, prefix: str = "") -> int:
+        """Delete the staging files of writers that died mid-write (a crash, a kill): a
+        live writer holds a lock on its staging file until it is published, so only
+        abandoned ones go. Returns how many."""
+        _validate_prefix(prefix, allow_empty=True)
+        base = self._base(prefix)
+        swept: list[Path] = []
+        try:
+            with _sweep_lock(self.root, fcntl.LOCK_EX):
+                for folder, dirs, files in os.walk(base):
+                    dirs[:] = [d for d in dirs if _is_key(d)]
+                    rel = Path(folder).relative_to(self.root).as_posix()
+                    if not ("" if rel == "." else rel + "/").startswith(prefix):
+                        continue  # a folder beside the prefix, not below it
+                    swept += [Path(folder) / name for name in files if _is_staging(name)
+                              and _remove_abandoned(Path(folder) / name)]
+        except OSError as e:
+            raise self._unavailable("cannot sweep staging files", e) from None
+        for path in swept:
+            self._prune(path.parent)
+        return len(swept)
+
     def _prune(self, folder: Path) -> None:
         """Remove folders left empty, up to (not including) the root."""
         while folder != self.root and self.root in folder.parents:
@@ -300,6 +334,45 @@ class FileObjectStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+
+_STAGING_PREFIXES: Final = ("~", "cmek-spool-")
+
+
+def _is_staging(name: str) -> bool:
+    return name.startswith(_STAGING_PREFIXES) and name.endswith(".part")
+
+
+@contextlib.contextmanager
+def _sweep_lock(folder: Path | str, mode: int) -> Iterator[None]:
+    """Writers hold it shared while they create and lock a staging file, a sweep holds
+    it exclusively: a sweep never sees a staging file that its writer has not locked yet."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_abandoned(path: Path) -> bool:
+    """Delete a staging file if no live writer holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # published or removed meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer is alive
+        try:
+            os.unlink(path)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -433,7 +506,10 @@ class S3ObjectStore:
     def put_stream(self, key: str, writer: Callable[[BinaryIO], None]) -> int:
         full = self._key(key)
         try:
-            fd, tmp = tempfile.mkstemp(prefix="cmek-spool-", suffix=".part", dir=self._spool_dir)
+            with _sweep_lock(self._spool_folder(), fcntl.LOCK_SH):
+                fd, tmp = tempfile.mkstemp(prefix="cmek-spool-", suffix=".part",
+                                           dir=self._spool_dir)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held until uploaded: ``sweep`` leaves it be
         except OSError as e:
             raise ObjectStoreUnavailable(
                 f"object store {self.url}: cannot create a spool file: "
@@ -442,10 +518,12 @@ class S3ObjectStore:
             with os.fdopen(fd, "wb") as f:
                 writer(f)
                 size = f.seek(0, os.SEEK_END)
-            try:
-                self._client.upload_file(tmp, self.bucket, full, Config=self._transfer)
-            except Exception as e:
-                raise self._error(e, "upload") from None
+                f.flush()
+                crashpoints.reached("objects.staged")
+                try:
+                    self._client.upload_file(tmp, self.bucket, full, Config=self._transfer)
+                except Exception as e:
+                    raise self._error(e, "upload") from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -490,6 +568,25 @@ class S3ObjectStore:
                     f"object(s): {first.get('Code', 'Unknown')}: "
                     f"{_one_line(str(first.get('Message', '')))}")
         return len(keys)
+
+    def _spool_folder(self) -> str:
+        return self._spool_dir if self._spool_dir is not None else tempfile.gettempdir()
+
+    def sweep(self, prefix: str = "") -> int:
+        """Delete the spool files of writers that died mid-upload. S3 publishes an object
+        whole or not at all; a multipart upload cut short is S3's to expire (a bucket
+        lifecycle rule, AbortIncompleteMultipartUpload)."""
+        _validate_prefix(prefix, allow_empty=True)
+        if prefix:
+            return 0  # spool files belong to no key until uploaded
+        folder = self._spool_folder()
+        count = 0
+        with _sweep_lock(folder, fcntl.LOCK_EX):
+            for name in os.listdir(folder):
+                if name.startswith("cmek-spool-") and name.endswith(".part") and (
+                        _remove_abandoned(Path(folder) / name)):
+                    count += 1
+        return count
 
     def _scan(self, full_prefix: str) -> Iterator[tuple[str, int, float]]:
         try:

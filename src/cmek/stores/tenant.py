@@ -214,6 +214,13 @@ class TenantStore:
             rows = list(conn.execute(query))
         return [self._object(r) for r in rows]
 
+    def object_versions(self) -> dict[str, int]:
+        """``kind/id`` -> version of every object, opening nothing: what the search index
+        is checked against when it is loaded."""
+        with self._read() as conn:
+            return {f"{r[0]}/{r[1]}": int(r[2]) for r in conn.execute(
+                sa.select(objects.c.kind, objects.c.object_id, objects.c.version))}
+
     def delete_object(self, kind: str, object_id: str) -> None:
         with self._tx() as conn:
             deleted = conn.execute(objects.delete().where(
@@ -229,6 +236,10 @@ class TenantStore:
         if key is None:
             key = self._load_lookup_key()
         return hmac.new(key, email.strip().casefold().encode(), hashlib.sha256).hexdigest()
+
+    def email_lookup(self, email: str) -> str:
+        """What failed sign-ins are counted by: names an address without revealing it."""
+        return self._email_lookup(email)
 
     def _load_lookup_key(self) -> bytes:
         with self._tx() as conn:

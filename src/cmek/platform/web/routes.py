@@ -1,0 +1,469 @@
+"""The pages: the tenant web app (``/t/{tenant}/...``) with its key console, and the
+operator console (``/ops``). Served by the API's process, left out of its OpenAPI document.
+
+Every tenant page asks the platform first whether the tenant is served: when it is not,
+the page is the locked notice (423) and nothing else, whoever asks. Handlers are plain
+functions: FastAPI runs them on its thread pool, as the blocking service calls need.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from cmek.errors import CmekError, UnknownTenant
+from cmek.kms import KeyRevoked, KmsUnavailable
+from cmek.platform.service import (
+    OBJECT_KINDS,
+    Caller,
+    Forbidden,
+    Platform,
+    TenantKeyUnavailable,
+    TooManyAttempts,
+    Unauthorized,
+)
+from cmek.platform.web import console, security
+from cmek.platform.web.charts import cell, result_bars
+from cmek.stores.objects import ObjectNotFound
+from cmek.stores.tenant import NotFound, StoreClosed, TenantStore
+
+log = logging.getLogger("cmek.platform.web")
+STATIC = Path(__file__).parent / "static"
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+OBJECT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+KIND_NAMES = {"liveboards": "Liveboards", "answers": "Answers", "tables": "Tables",
+              "models": "Models"}
+KIND_ONE = {"liveboards": "Liveboard", "answers": "Answer", "tables": "Table",
+            "models": "Model"}
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; "
+                               "img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+UNAVAILABLE = (TenantKeyUnavailable, KeyRevoked, StoreClosed)
+Text = Annotated[str, Form(max_length=1024)]
+NextField = Annotated[str, Form(alias="next", max_length=1024)]
+
+
+def mount(app: FastAPI, platform: Platform) -> None:
+    """Add the pages and their static files to the API's app."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="web-static")
+    app.include_router(Pages(platform).router)
+
+
+class Pages:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.env = Environment(loader=PackageLoader("cmek.platform.web", "templates"),
+                               autoescape=select_autoescape(default=True),
+                               trim_blocks=True, lstrip_blocks=True)
+        self.env.filters["cell"] = cell
+        self.router = APIRouter(include_in_schema=False)
+        self._routes()
+
+    # --- rendering --------------------------------------------------------------------------
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def error(self, status: int, heading: str, detail: str, tenant: str | None = None,
+              code: str | None = None) -> HTMLResponse:
+        return self.render("error.html", status, title=heading, heading=heading,
+                           detail=detail, tenant=tenant, code=code)
+
+    def not_found(self, tenant: str | None = None) -> HTMLResponse:
+        return self.error(404, "Not found", "There is no such page.", tenant, "not_found")
+
+    def redirect(self, url: str) -> RedirectResponse:
+        return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+    def notice(self, request: Request, tenant: str,
+               error: CmekError | None = None) -> HTMLResponse:
+        """The locked notice: the key's state and reason for everyone, the countdowns only
+        for the holder of an admin session that this lock ended. No tenant data."""
+        view = self.platform.lifecycle.view(tenant)
+        state, reason = view["state"], view["reason"]
+        if state in ("active", "degraded"):  # the lock is landing: say what the path saw
+            state = getattr(error, "key_state", "locked")
+            reason = getattr(error, "reason", "unavailable")
+            reason = getattr(reason, "value", reason)
+        token = request.cookies.get(security.session_cookie(tenant))
+        role = self.platform.ended_session_role(token, tenant) if token else None
+        now = self.platform.clock.now()
+        return self.render(
+            "locked.html", 423, title="Service unavailable", tenant=tenant, state=state,
+            reason=str(reason), state_text=console.state_text(state),
+            reason_text=console.reason_text(str(reason)), since=console.when(view["since"]),
+            admin=role == "admin",
+            countdowns=console.countdowns(view, now) if role == "admin" else [])
+
+    def signin_redirect(self, request: Request, tenant: str,
+                        clear: bool = False) -> RedirectResponse:
+        target = request.url.path
+        query = f"?next={quote(target, safe='/')}" if target.startswith(f"/t/{tenant}/") else ""
+        response = self.redirect(f"/t/{tenant}/signin{query}")
+        if clear:
+            security.clear_cookie(response, security.session_cookie(tenant))
+        return response
+
+    # --- the tenant gate --------------------------------------------------------------------
+    def tenant_page(self, request: Request, tenant: str,
+                    build: Callable[[Caller], Response], *, admin: bool = False) -> Response:
+        """Locked notice, sign-in, role check, then the page; failures become pages."""
+        if not TENANT_ID.match(tenant):
+            return self.not_found()
+        try:
+            self.platform.guard(tenant)
+        except UnknownTenant:
+            return self.not_found()
+        except TenantKeyUnavailable as e:
+            return self.notice(request, tenant, e)
+        token = request.cookies.get(security.session_cookie(tenant))
+        if not token:
+            return self.signin_redirect(request, tenant)
+        try:
+            caller = self.platform.authenticate(token, tenant)
+        except TenantKeyUnavailable as e:
+            return self.notice(request, tenant, e)
+        except (Unauthorized, Forbidden):  # expired, signed out, or another tenant's
+            return self.signin_redirect(request, tenant, clear=True)
+        if admin and caller.role != "admin":
+            return self.error(403, "Not allowed", "This page is for the tenant's key "
+                              "admins (role admin).", tenant, "forbidden")
+        return self.guarded(request, tenant, lambda: build(caller))
+
+    def guarded(self, request: Request, tenant: str, build: Callable[[], Response]) -> Response:
+        try:
+            return build()
+        except UNAVAILABLE as e:  # the key went away while the page was being built
+            return self.notice(request, tenant, e)
+        except (NotFound, ObjectNotFound, UnknownTenant):
+            return self.not_found(tenant)
+        except Forbidden as e:
+            return self.error(403, "Not allowed", e.message, tenant, e.code)
+        except KmsUnavailable:
+            return self.error(503, "Try again shortly", "The key service is not answering "
+                              "right now.", tenant, "kms_unavailable")
+        except CmekError as e:
+            return self.error(400, "That did not work", e.message, tenant, e.code)
+
+    def tenant_context(self, caller: Caller, **context: Any) -> dict[str, Any]:
+        user = self.platform.store(caller.tenant_id).get_user(caller.user_id)
+        return {"tenant": caller.tenant_id, "user": user["email"], "role": caller.role,
+                "csrf": security.session_csrf(caller.token), **context}
+
+    def check_form(self, request: Request, caller: Caller, csrf: str) -> Response | None:
+        if security.same_origin(request) and security.same(
+                csrf, security.session_csrf(caller.token)):
+            return None
+        return self.error(403, "Form expired", "The form was not sent from this page's "
+                          "session; open the page again and resend it.", caller.tenant_id,
+                          "csrf_failed")
+
+    # --- routes -----------------------------------------------------------------------------
+    def _routes(self) -> None:
+        r = self.router
+        platform = self.platform
+
+        @r.get("/t/{tenant}")
+        @r.get("/t/{tenant}/")
+        def home(request: Request, tenant: str) -> Response:
+            def build(caller: Caller) -> Response:
+                store = platform.store(tenant)
+                groups = [(kind, KIND_NAMES[kind], [_summary(o.object_id, o.body)
+                                                    for o in store.list_objects(kind)])
+                          for kind in ("liveboards", "answers", "tables", "models")]
+                return self.render("home.html", **self.tenant_context(
+                    caller, title="Home", groups=groups))
+            return self.tenant_page(request, tenant, build)
+
+        @r.get("/t/{tenant}/signin")
+        def signin_form(request: Request, tenant: str,
+                        next_url: Annotated[str, Query(alias="next", max_length=1024)] = ""
+                        ) -> Response:
+            return self.signin(request, tenant, next_url, None, 200)
+
+        @r.post("/t/{tenant}/signin")
+        def signin_post(request: Request, tenant: str, email: Text = "", password: Text = "",
+                        csrf: Text = "", next_url: NextField = "") -> Response:
+            if not TENANT_ID.match(tenant):
+                return self.not_found()
+            if not (security.same_origin(request) and security.same(
+                    csrf, request.cookies.get(security.CSRF_COOKIE))):
+                return self.signin(request, tenant, next_url, "The form expired; sign in again.",
+                                   403)
+            try:
+                token, expires = platform.login(tenant, email, password,
+                                                client=request.client.host
+                                                if request.client else None)
+            except UnknownTenant:
+                return self.not_found()
+            except TenantKeyUnavailable as e:
+                return self.notice(request, tenant, e)
+            except Unauthorized:
+                return self.signin(request, tenant, next_url, "Wrong email or password.", 401,
+                                   email)
+            except TooManyAttempts as e:
+                page = self.signin(request, tenant, next_url, "Too many failed sign-ins; try "
+                                   f"again in {e.retry_after} s.", 429, email)
+                page.headers["Retry-After"] = str(e.retry_after)
+                return page
+            except CmekError as e:
+                if isinstance(e, UNAVAILABLE):
+                    return self.notice(request, tenant, e)
+                return self.signin(request, tenant, next_url, e.message, 400, email)
+            response = self.redirect(_local(next_url, tenant))
+            ttl = int((expires or platform.clock.now()) - platform.clock.now())
+            security.set_cookie(response, security.session_cookie(tenant), token,
+                                max_age=ttl, same_site="lax")
+            security.clear_cookie(response, security.CSRF_COOKIE)
+            return response
+
+        @r.post("/t/{tenant}/signout")
+        def signout(request: Request, tenant: str, csrf: Text = "") -> Response:
+            def build(caller: Caller) -> Response:
+                refused = self.check_form(request, caller, csrf)
+                if refused is not None:
+                    return refused
+                platform.logout(caller)
+                response = self.redirect(f"/t/{tenant}/signin")
+                security.clear_cookie(response, security.session_cookie(tenant))
+                return response
+            return self.tenant_page(request, tenant, build)
+
+        @r.get("/t/{tenant}/search")
+        def search(request: Request, tenant: str, q: str = "") -> Response:
+            def build(caller: Caller) -> Response:
+                query = q.strip()[:512]
+                hits = platform.search(caller, query, 50) if query else []
+                return self.render("search.html", **self.tenant_context(
+                    caller, title=f"Search: {query}" if query else "Search", q=query,
+                    search_page=True,
+                    hits=[{**h, "kind_name": KIND_ONE.get(h["kind"], h["kind"])}
+                          for h in hits]))
+            return self.tenant_page(request, tenant, build)
+
+        @r.get("/t/{tenant}/key")
+        def key_console(request: Request, tenant: str) -> Response:
+            def build(caller: Caller) -> Response:
+                return self.render("key.html", **self.tenant_context(
+                    caller, title="Encryption key", ops=False,
+                    c=console.key_console(platform, tenant)))
+            return self.tenant_page(request, tenant, build, admin=True)
+
+        @r.post("/t/{tenant}/key/check")
+        def key_check(request: Request, tenant: str, csrf: Text = "") -> Response:
+            def build(caller: Caller) -> Response:
+                refused = self.check_form(request, caller, csrf)
+                if refused is not None:
+                    return refused
+                platform.lifecycle.check(tenant, "requested")
+                platform.verify_tenant_key(tenant, "requested")
+                return self.redirect(f"/t/{tenant}/key")
+            return self.tenant_page(request, tenant, build, admin=True)
+
+        @r.get("/t/{tenant}/{kind}")
+        def object_list(request: Request, tenant: str, kind: str) -> Response:
+            if kind not in OBJECT_KINDS:
+                return self.not_found()
+
+            def build(caller: Caller) -> Response:
+                items = [_summary(o.object_id, o.body)
+                         for o in platform.store(tenant).list_objects(kind)]
+                return self.render("list.html", **self.tenant_context(
+                    caller, title=KIND_NAMES[kind], kind=kind, items=items))
+            return self.tenant_page(request, tenant, build)
+
+        @r.get("/t/{tenant}/{kind}/{object_id}")
+        def object_page(request: Request, tenant: str, kind: str, object_id: str) -> Response:
+            if kind not in OBJECT_KINDS or not OBJECT_ID.match(object_id):
+                return self.not_found()
+
+            def build(caller: Caller) -> Response:
+                store = platform.store(tenant)
+                obj = store.get_object(kind, object_id)
+                body = obj.body
+                context: dict[str, Any] = {
+                    "kind": kind, "kind_name": KIND_ONE[kind], "id": object_id,
+                    "title": _title(body, object_id), "body": body, "version": obj.version,
+                    "updated": console.when(obj.updated_at),
+                    "description": body.get("description")
+                    if isinstance(body.get("description"), str) else None,
+                    "columns": _columns(body), "answers": [], "links": _links(body)}
+                if kind == "liveboards":
+                    ids = body.get("answers")
+                    context["answers"] = [self.answer(store, tenant, str(a))
+                                          for a in (ids if isinstance(ids, list) else [])
+                                          if isinstance(a, str) and OBJECT_ID.match(a)]
+                elif kind == "answers":
+                    context["answers"] = [self.answer(store, tenant, object_id)]
+                return self.render("object.html", **self.tenant_context(caller, **context))
+            return self.tenant_page(request, tenant, build)
+
+        # --- the operator console ------------------------------------------------------------
+        @r.get("/ops")
+        def ops_home(request: Request) -> Response:
+            if not self.ops_signed_in(request):
+                return self.ops_signin(request, None, 200)
+            return self.render("ops.html", title="Tenants", ops=True,
+                               csrf=self.ops_csrf(request), now=console.when(
+                                   platform.clock.now()), rows=console.tenant_rows(platform))
+
+        @r.post("/ops/signin")
+        def ops_signin_post(request: Request, token: Text = "", csrf: Text = "") -> Response:
+            expected = platform.settings.operator_token
+            if not (security.same_origin(request) and security.same(
+                    csrf, request.cookies.get(security.CSRF_COOKIE))):
+                return self.ops_signin(request, "The form expired; sign in again.", 403)
+            if expected is None or not security.same(token, expected.get_secret_value()):
+                return self.ops_signin(request, "That is not the operator token.", 401)
+            response = self.redirect("/ops")
+            value = security.ops_cookie_value(expected.get_secret_value(),
+                                              platform.clock.now())
+            security.set_cookie(response, security.OPS_COOKIE, value,
+                                max_age=int(security.OPS_TTL), same_site="strict")
+            security.clear_cookie(response, security.CSRF_COOKIE)
+            return response
+
+        @r.post("/ops/signout")
+        def ops_signout(request: Request, csrf: Text = "") -> Response:
+            if self.ops_signed_in(request) and not (security.same_origin(request) and
+                                                    security.same(csrf, self.ops_csrf(request))):
+                return self.error(403, "Form expired", "Open the page again and resend it.",
+                                  code="csrf_failed")
+            response = self.redirect("/ops")
+            security.clear_cookie(response, security.OPS_COOKIE)
+            return response
+
+        @r.get("/ops/tenants/{tenant}/key")
+        def ops_key(request: Request, tenant: str) -> Response:
+            if not self.ops_signed_in(request):
+                return self.redirect("/ops")
+            if not TENANT_ID.match(tenant):
+                return self.not_found()
+            try:
+                data = console.key_console(platform, tenant)
+            except UnknownTenant:
+                return self.not_found()
+            return self.render("key.html", title=f"Key of {tenant}", ops=True,
+                               csrf=self.ops_csrf(request), c=data)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def signin(self, request: Request, tenant: str, next_url: str, message: str | None,
+               status: int, email: str = "") -> Response:
+        if not TENANT_ID.match(tenant):
+            return self.not_found()
+        try:
+            self.platform.guard(tenant)
+        except UnknownTenant:
+            return self.not_found()
+        except TenantKeyUnavailable as e:
+            return self.notice(request, tenant, e)
+        token = request.cookies.get(security.session_cookie(tenant))
+        if token and status == 200:
+            try:
+                self.platform.authenticate(token, tenant)
+                return self.redirect(_local(next_url, tenant))
+            except CmekError:
+                pass  # not (or no longer) signed in: the form
+        form_token = request.cookies.get(security.CSRF_COOKIE) or security.new_form_token()
+        response = self.render("signin.html", status, title="Sign in", tenant=tenant,
+                               signin=True, message=message, email=email[:320],
+                               next=_local(next_url, tenant), csrf=form_token)
+        security.set_cookie(response, security.CSRF_COOKIE, form_token, max_age=3600,
+                            same_site="strict")
+        return response
+
+    def ops_signin(self, request: Request, message: str | None, status: int) -> Response:
+        form_token = request.cookies.get(security.CSRF_COOKIE) or security.new_form_token()
+        response = self.render("ops_signin.html", status, title="Operator sign-in",
+                               ops=True, signin=True, message=message, csrf=form_token)
+        security.set_cookie(response, security.CSRF_COOKIE, form_token, max_age=3600,
+                            same_site="strict")
+        return response
+
+    def ops_signed_in(self, request: Request) -> bool:
+        expected = self.platform.settings.operator_token
+        return expected is not None and security.ops_cookie_valid(
+            expected.get_secret_value(), request.cookies.get(security.OPS_COOKIE),
+            self.platform.clock.now())
+
+    def ops_csrf(self, request: Request) -> str:
+        expected = self.platform.settings.operator_token
+        cookie = request.cookies.get(security.OPS_COOKIE)
+        if expected is None or cookie is None:
+            return ""
+        return security.ops_csrf(expected.get_secret_value(), cookie)
+
+    def answer(self, store: TenantStore, tenant: str, answer_id: str) -> dict[str, Any]:
+        """An answer with its cached result; a missing answer or result is said, not fatal."""
+        try:
+            body = store.get_object("answers", answer_id).body
+        except NotFound:
+            return {"id": answer_id, "title": answer_id, "missing": "This answer was deleted."}
+        out: dict[str, Any] = {"id": answer_id, "title": _title(body, answer_id),
+                               "sql": body.get("sql") if isinstance(body.get("sql"), str)
+                               else None, "missing": None, "columns": [], "rows": [],
+                               "chart": None, "truncated": False}
+        result_id = body.get("result_id")
+        if not isinstance(result_id, str) or not re.fullmatch(r"[0-9a-f]{1,64}", result_id):
+            out["missing"] = "This answer has no cached result yet."
+            return out
+        try:
+            result = self.platform.cached_result(tenant, result_id)
+        except ObjectNotFound:
+            out["missing"] = "The cached result of this answer is gone; run it again."
+            return out
+        columns = [str(c) for c in result.get("columns", [])]
+        rows = [list(r) for r in result.get("rows", []) if isinstance(r, list)]
+        out.update(columns=columns, rows=rows[:200], truncated=bool(result.get("truncated"))
+                   or len(rows) > 200, chart=result_bars(out["title"], columns, rows))
+        return out
+
+
+def _title(body: dict[str, Any], fallback: str) -> str:
+    title = body.get("title")
+    return title if isinstance(title, str) and title else fallback
+
+
+def _summary(object_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    description = body.get("description")
+    return {"id": object_id, "title": _title(body, object_id),
+            "description": description if isinstance(description, str) else ""}
+
+
+def _columns(body: dict[str, Any]) -> list[str]:
+    raw = body.get("columns")
+    if not isinstance(raw, list):
+        return []
+    return [c if isinstance(c, str) else str(c.get("name", "")) if isinstance(c, dict) else ""
+            for c in raw]
+
+
+def _links(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """References to other objects that the body names: a model's tables."""
+    tables = body.get("tables")
+    if isinstance(tables, list):
+        return [("tables", str(t)) for t in tables if isinstance(t, str) and OBJECT_ID.match(t)]
+    return []
+
+
+def _local(next_url: str, tenant: str) -> str:
+    """Only a page of the same tenant may be the target after sign-in (no open redirect)."""
+    prefix = f"/t/{tenant}/"
+    if (next_url.startswith(prefix) and "//" not in next_url and "\\" not in next_url
+            and not next_url.startswith(f"{prefix}sign")):
+        return next_url
+    return prefix
