@@ -42,7 +42,7 @@ from tests.reliability import record
 
 DAY = 86400.0
 TABLES = "tables"
-ACKS_BEFORE_THE_KILL = 40
+ACKS_BEFORE_THE_KILL = 80
 
 
 def wait_until(what: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -210,7 +210,7 @@ def test_acknowledged_writes_survive_a_kill_under_concurrent_writers(
         rng = random.Random(w)
         with node.client(token) as c:
             for n in range(10_000):
-                oid = f"w{w}-{rng.randrange(8)}"  # overwrites of its own ids, too
+                oid = f"w{w}-{rng.randrange(30)}"  # overwrites of its own ids, too
                 body = {"title": f"crash k{w}x{n}", "description": f"writer {w}",
                         "payload": rng.randbytes(rng.randrange(16, 3000)).hex()}
                 with lock:

@@ -247,7 +247,8 @@ def test_api_fuzz(world: World) -> None:
             for mode in BUDGET:
                 fuzz_operation(world, operation, mode, session, tally)
     output = "".join(world.platform.output)
-    for match in re.finditer(r"Traceback \(most recent call last\)", output):
+    for match in re.finditer(r"Traceback \(most recent call last\)|unexpected \w+ in a request",
+                             output):
         tally.findings.append(f"server output: {output[match.start():match.start() + 1500]}")
     record("fuzz", "api_5xx", tally.server_errors)
     assert not tally.findings, "\n".join(tally.findings[:20])

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -130,6 +131,14 @@ class ClockIn(Strict):
     advance_seconds: float = Field(ge=0, allow_inf_nan=False)
 
 
+def _internal_error(exc: BaseException) -> JSONResponse:
+    """Logs where it failed (frames only): an exception's message may carry request data
+    or a secret, so it is left out of the log as it is left out of the answer."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unexpected %s in a request\n%s", type(exc).__name__, frames.rstrip())
+    return error("internal_error", "the request failed; the error was logged")
+
+
 def error(code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra},
                         status_code=STATUS.get(code, 400),
@@ -240,8 +249,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected %s in a request", type(exc).__name__)
-        return error("internal_error", "the request failed; the error was logged")
+        return _internal_error(exc)
 
     @app.middleware("http")
     async def _limits(request: Request,
@@ -250,7 +258,10 @@ def create_app(platform: Platform) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return error("body_too_large",
                          f"request bodies are limited to {settings.max_body_bytes} bytes")
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # answered here, so the server does not log it again
+            response = _internal_error(exc)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
