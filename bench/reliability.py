@@ -52,10 +52,19 @@ SOAK_ROWS: list[tuple[str, str, bool]] = [
     ("requests", "requests sent", False),
     ("served", "served (2xx)", False),
     ("refused_423", "refused with 423 (key unavailable)", False),
-    ("failed_other", "failed otherwise", False),
+    ("failed_other", "failed otherwise (by reason below)", False),
+    ("internal_errors", "answered 500", True),
+    ("connection_errors", "connection errors", True),
     ("data_after_lock", "responses carrying data after a lock", True),
+    ("sessions_surviving_lock", "sessions that outlived a lock", True),
+    ("wrong_tenant_data", "responses carrying another tenant's data", True),
     ("writes_acknowledged", "writes acknowledged", False),
-    ("writes_lost", "acknowledged writes lost", True),
+    ("objects_verified", "objects read back and checked by SHA-256 at the end", False),
+    ("writes_lost", "acknowledged writes lost or changed", True),
+    ("search_misses", "acknowledged writes missing from search", True),
+    ("key_disables", "keys disabled", False),
+    ("deletions_scheduled", "key deletions scheduled (then cancelled)", False),
+    ("faults_injected", "KMS faults injected", False),
 ]
 
 
@@ -104,9 +113,9 @@ def render(counts: Counter[tuple[str, str]], soak: dict[str, Any] | None,
     else:
         c = soak.get("counts", soak)
         lines += [
-            f"{soak.get('minutes', '?')} minutes, {soak.get('clients', '?')} concurrent clients "
+            f"{soak.get('minutes', '?'):g} minutes, {soak.get('clients', '?')} concurrent clients "
             f"across {soak.get('tenants', '?')} tenants, keys disabled and re-enabled every "
-            f"{soak.get('flap_seconds', '?')} s, one key scheduled for deletion and cancelled, "
+            f"{soak.get('flap_seconds', '?'):g} s, one key scheduled for deletion and cancelled, "
             "KMS faults injected (`make soak`).",
             "",
             "| figure | count | must be |",
@@ -117,6 +126,11 @@ def render(counts: Counter[tuple[str, str]], soak: dict[str, Any] | None,
             if zero and n:
                 bad.append(label)
             lines.append(f"| {label} | {'?' if n is None else f'{n:,}'} | {'0' if zero else ''} |")
+        reasons = soak.get("failed_by_reason") or {}
+        if reasons:
+            lines += ["", "Failed otherwise, by operation, status and code: " + ", ".join(
+                f"{why} {n:,}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+                + "."]
         rss = soak.get("memory", {})
         if rss:
             lines += ["", "| process | RSS at start | RSS at end | growth |", "|---|---|---|---|"]

@@ -35,7 +35,8 @@ from cmek.clock import SystemClock
 from cmek.db import create_engine
 from cmek.kms import KmsSettings
 from cmek.stores.backup import RestoreJournal
-from cmek.stores.objects import FileObjectStore
+from cmek.stores.objects import FileObjectStore, S3ObjectStore
+from tests.conftest import make_bucket
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
 from tests.platform_harness import PlatformProcess, customer_key
 from tests.reliability import record
@@ -607,8 +608,26 @@ def test_crash_points_are_refused_outside_dev_and_must_be_known(
         crashpoints.disarm()
 
 
-def test_a_live_writers_staging_file_is_never_swept(tmp_path: Path) -> None:
-    store = FileObjectStore(tmp_path / "root")
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_a_sweep_takes_abandoned_staging_files_and_never_a_live_writers(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: FileObjectStore | S3ObjectStore
+    if kind == "file":
+        staging = tmp_path / "root"
+        store = FileObjectStore(staging)
+        (staging / "t" / "backups").mkdir(parents=True)
+        dead = staging / "t" / "backups" / "~dead.part"
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                            ("AWS_EC2_METADATA_DISABLED", "true")):
+            monkeypatch.setenv(name, value)
+        staging = tmp_path / "spool"
+        staging.mkdir()
+        store = S3ObjectStore(make_bucket(endpoint), endpoint_url=endpoint, spool_dir=staging)
+        dead = staging / "cmek-spool-dead.part"
+    dead.write_bytes(b"staged by a writer that died: nobody holds it")
     writing, release = threading.Event(), threading.Event()
 
     def slow(f: Any) -> None:
@@ -621,9 +640,10 @@ def test_a_live_writers_staging_file_is_never_swept(tmp_path: Path) -> None:
     writer = threading.Thread(target=lambda: store.put_stream("t/backups/b1", slow))
     writer.start()
     assert writing.wait(10)
-    assert store.sweep() == 0  # its writer is alive and holds it
-    assert len(list((tmp_path / "root").rglob("~*"))) == 1
+    assert store.sweep() == 1  # the abandoned one; the live writer holds its own
+    assert not dead.exists()
+    assert len([p for p in staging.rglob("*") if p.is_file()]) == 1
     release.set()
     writer.join(10)
     assert store.get("t/backups/b1") == b"part one part two"
-    assert list((tmp_path / "root").rglob("~*")) == []
+    assert [p for p in staging.rglob("*") if p.is_file() and p.name.endswith(".part")] == []
