@@ -34,6 +34,10 @@ try:
 except ImportError:  # pragma: no cover - the dev extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
+if os.environ.get("CMEK_TEST_REQUIRE_BROWSER") and (sync_playwright is None
+                                                   or not CHROMIUM.exists()):
+    pytest.fail("CMEK_TEST_REQUIRE_BROWSER is set but Playwright or /usr/bin/chromium is "
+                "missing", pytrace=False)
 pytestmark = pytest.mark.skipif(
     sync_playwright is None or not CHROMIUM.exists(),
     reason="needs Playwright (pip install playwright) and Debian's chromium at /usr/bin/chromium",
