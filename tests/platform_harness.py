@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,15 @@ class PlatformProcess:
 def kms_client(kms: KmsLocal) -> Any:
     return boto3.client("kms", endpoint_url=kms.url, region_name=REGION,
                         aws_access_key_id=CUSTOMER[1], aws_secret_access_key=CUSTOMER[2])
+
+
+def wait_until(what: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Waits for the platform to react (an event, not time passing), bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("the platform did not react in time")
+        time.sleep(0.02)

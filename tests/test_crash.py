@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,24 +37,12 @@ from cmek.stores.backup import RestoreJournal
 from cmek.stores.objects import FileObjectStore, S3ObjectStore
 from tests.conftest import make_bucket
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
-from tests.platform_harness import PlatformProcess, customer_key
+from tests.platform_harness import PlatformProcess, customer_key, wait_until
 from tests.reliability import record
 
 DAY = 86400.0
 TABLES = "tables"
 ACKS_BEFORE_THE_KILL = 80
-
-
-def wait_until(what: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Waits for the platform to act on its own (recovery), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("the platform did not recover in time")
-        time.sleep(0.05)
 
 
 class Node:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 
 from cmek.platform.api import STATUS
 from tests.kmslocal_harness import KmsLocal, free_port, write_config
-from tests.platform_harness import OPERATOR_TOKEN, PlatformProcess, customer_key
+from tests.platform_harness import OPERATOR_TOKEN, PlatformProcess, customer_key, wait_until
 from tests.reliability import record
 
 READ_TIMEOUT = 1.0  # CMEK_KMS_READ_TIMEOUT: a stalled KMS call gives up after this
@@ -41,18 +41,6 @@ TRANSIENT = ["ThrottlingException", "KMSInternalException", "DependencyTimeoutEx
 FAULT_CODES = {"kms_unavailable", "tenant_key_unavailable", "tenant_store_closed",
                "unauthorized"}
 OBJECTS = 3
-
-
-def wait_until(what: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Wait for the platform to react (a condition, not time passing), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("the platform did not react in time")
-        time.sleep(0.05)
 
 
 @dataclass

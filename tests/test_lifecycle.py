@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,15 @@ import cmek
 from cmek.errors import DecryptionError
 from cmek.kms import KeyRevoked, KmsError, KmsSettings
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port, write_config
-from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
+from tests.platform_harness import (
+    EVENT_SECRET,
+    OPERATOR_TOKEN,
+    PlatformProcess,
+    customer_key,
+    wait_until,
+)
 
 DAY = 86400
-
-
-
-def wait_until(what: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Waits for the platform to react (an event, not time passing), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("the platform did not react in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

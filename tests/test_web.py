@@ -15,7 +15,7 @@ import pytest
 from cmek.platform.web import security
 from cmek.platform.web.charts import result_bars, usage_chart
 from tests.kmslocal_harness import CUSTOMER
-from tests.platform_harness import OPERATOR_TOKEN
+from tests.platform_harness import OPERATOR_TOKEN, wait_until
 from tests.reliability import record
 from tests.web_support import (
     ADMIN,
@@ -26,7 +26,6 @@ from tests.web_support import (
     key_state,
     seed_tenant,
     start_stack,
-    wait_until,
 )
 
 # Every page of a tenant, with a text it shows when it serves (the key page: the ARN).

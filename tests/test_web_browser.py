@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.kmslocal_harness import CUSTOMER
-from tests.platform_harness import OPERATOR_TOKEN
+from tests.platform_harness import OPERATOR_TOKEN, wait_until
 from tests.web_support import (
     ADMIN,
     Stack,
@@ -25,7 +25,6 @@ from tests.web_support import (
     key_state,
     seed_tenant,
     start_stack,
-    wait_until,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")

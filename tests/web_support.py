@@ -5,9 +5,7 @@ liveboard over the HTTP API (as a customer would)."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,12 @@ from typing import Any
 import httpx
 
 from tests.kmslocal_harness import KmsLocal, free_port, write_config
-from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
+from tests.platform_harness import (
+    EVENT_SECRET,
+    OPERATOR_TOKEN,
+    PlatformProcess,
+    customer_key,
+)
 
 PROVIDER_ACCOUNT = "111111111111"
 ADMIN = ("admin@example.com", "correct horse battery")
@@ -105,18 +108,6 @@ def seed_tenant(stack: Stack, folder: Path, prefix: str = "t") -> Tenant:
 def key_state(stack: Stack, tenant: str) -> dict[str, Any]:
     with stack.platform.client(OPERATOR_TOKEN) as op:
         return dict(op.get(f"/v1/tenants/{tenant}/key").json())
-
-
-def wait_until(what: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Waits for the platform to react (an event, not time passing), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("the platform did not react in time")
-        time.sleep(0.02)
 
 
 def hidden_field(html: str, name: str) -> str:

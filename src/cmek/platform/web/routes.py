@@ -122,14 +122,9 @@ class Pages:
     def tenant_page(self, request: Request, tenant: str,
                     build: Callable[[Caller], Response], *, admin: bool = False) -> Response:
         """Locked notice, sign-in, role check, then the page; failures become pages."""
-        if not TENANT_ID.match(tenant):
-            return self.not_found()
-        try:
-            self.platform.guard(tenant)
-        except UnknownTenant:
-            return self.not_found()
-        except TenantKeyUnavailable as e:
-            return self.notice(request, tenant, e)
+        refused = self.closed(request, tenant)
+        if refused is not None:
+            return refused
         token = request.cookies.get(security.session_cookie(tenant))
         if not token:
             return self.signin_redirect(request, tenant)
@@ -143,6 +138,19 @@ class Pages:
             return self.error(403, "Not allowed", "This page is for the tenant's key "
                               "admins (role admin).", tenant, "forbidden")
         return self.guarded(request, tenant, lambda: build(caller))
+
+    def closed(self, request: Request, tenant: str) -> Response | None:
+        """Before any session is looked at: an unknown tenant is a 404, an unusable key
+        the locked notice."""
+        if not TENANT_ID.match(tenant):
+            return self.not_found()
+        try:
+            self.platform.guard(tenant)
+        except UnknownTenant:
+            return self.not_found()
+        except TenantKeyUnavailable as e:
+            return self.notice(request, tenant, e)
+        return None
 
     def guarded(self, request: Request, tenant: str, build: Callable[[], Response]) -> Response:
         try:
@@ -363,14 +371,9 @@ class Pages:
     # --- helpers ----------------------------------------------------------------------------
     def signin(self, request: Request, tenant: str, next_url: str, message: str | None,
                status: int, email: str = "") -> Response:
-        if not TENANT_ID.match(tenant):
-            return self.not_found()
-        try:
-            self.platform.guard(tenant)
-        except UnknownTenant:
-            return self.not_found()
-        except TenantKeyUnavailable as e:
-            return self.notice(request, tenant, e)
+        refused = self.closed(request, tenant)
+        if refused is not None:
+            return refused
         token = request.cookies.get(security.session_cookie(tenant))
         if token and status == 200:
             try:
