@@ -11,7 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.kmslocal_harness import KmsLocal
+from cmek.clock import SystemClock
+from cmek.platform.config import load_settings
+from cmek.platform.service import Platform, TenantKeyUnavailable
+from tests.kmslocal_harness import CUSTOMER, KmsLocal
 from tests.platform_harness import OPERATOR_TOKEN, PlatformProcess, customer_key
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -152,6 +155,29 @@ def test_scheduled_backups_follow_the_interval(kmslocal: KmsLocal, tmp_path: Pat
             assert len(c.get(f"/v1/tenants/{name}/backups").json()["backups"]) == 2
     finally:
         proc.stop()
+
+
+def test_a_locked_tenant_is_never_backed_up_even_after_a_restart(kmslocal: KmsLocal,
+                                                                  tmp_path: Path) -> None:
+    """A restarted process opens every tenant's stores again; the key state still rules,
+    and the refusal comes before any KMS call."""
+    proc = PlatformProcess(tmp_path / "p", kmslocal, extra_env={"CMEK_BACKUP_INTERVAL": "0"})
+    proc.start()
+    name = f"t{uuid.uuid4().hex[:10]}"
+    arn = customer_key(kmslocal)
+    try:
+        proc.provision(name, arn)
+        kmslocal.client(CUSTOMER).disable_key(KeyId=arn)
+        with proc.operator() as op:
+            assert op.post(f"/v1/tenants/{name}/key/check").json()["state"] == "locked"
+    finally:
+        proc.stop()
+    restarted = Platform(load_settings(None, env=proc.env()), SystemClock())
+    try:
+        with pytest.raises(TenantKeyUnavailable):
+            restarted.backup(name, "scheduler")
+    finally:
+        restarted.close()
 
 
 def test_each_tenants_worker_runs_its_jobs_in_the_background(

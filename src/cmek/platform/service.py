@@ -654,6 +654,7 @@ class Platform:
 
     # --- backups --------------------------------------------------------------------------
     def backup(self, tenant_id: str, actor: str) -> BackupInfo:
+        self.guard(tenant_id)  # never of a locked tenant, even when a restart reopened it
         store = self.store(tenant_id)
         info = create_backup(store, self.objects)
         crashpoints.reached("backup.published")
