@@ -347,13 +347,24 @@ class Platform:
             raise Unauthorized("wrong email or password") from None
         self.control.login_succeeded(account)
         store.log("login", user["user_id"], {})
-        return self.control.issue(tenant_id, user["user_id"], str(user["role"]), "session",
-                                  self.clock.now(), SESSION_TTL)
+        return self._issue(tenant_id, user["user_id"], str(user["role"]), "session",
+                           SESSION_TTL)
 
     def api_token(self, caller: Caller) -> tuple[str, float | None]:
         self.store(caller.tenant_id).log("api_token_created", caller.user_id, {})
-        return self.control.issue(caller.tenant_id, caller.user_id, caller.role, "api",
-                                  self.clock.now(), None)
+        return self._issue(caller.tenant_id, caller.user_id, caller.role, "api", None)
+
+    def _issue(self, tenant_id: str, user_id: str, role: str, kind: str,
+               ttl: float | None) -> tuple[str, float | None]:
+        """A lock saves the state first, then revokes every token. A token issued while a
+        lock lands is either seen by that revocation or sees the state here: it never
+        outlives the lock."""
+        token, expires = self.control.issue(tenant_id, user_id, role, kind, self.clock.now(),
+                                            ttl)
+        if not self.lifecycle.state(tenant_id).state.serving:
+            self.control.revoke(token, self.clock.now())
+            self.guard(tenant_id)  # 423 with the state and reason
+        return token, expires
 
     def authenticate(self, token: str, tenant_id: str) -> Caller:
         self.guard(tenant_id)
