@@ -818,6 +818,20 @@ def _plain(slot: tuple[str, int]) -> bytes:
     return f"{slot[0][0]}{slot[1]}".encode()
 
 
+def test_another_process_sees_a_rewrap_at_once(database_url: str,
+                                               make: Callable[..., Keyring],
+                                               new_key: Callable[..., str]) -> None:
+    """Its key monitor must check the new key, not the one it read before."""
+    old_key, new = new_key(), new_key()
+    here, there = make(database_url), make(database_url)
+    tenant = new_tenant()
+    here.register_tenant(tenant, old_key)
+    _three_data_keys(here, tenant)
+    assert there.key_arn(tenant) == old_key
+    here.rewrap(tenant, new)
+    assert there.key_arn(tenant) == new
+
+
 def test_rewrap_to_a_new_key(database_url: str, make: Callable[..., Keyring],
                              new_key: Callable[..., str], customer: Any,
                              kmslocal: KmsLocal) -> None:

@@ -131,7 +131,6 @@ class Keyring:
         self._current: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[str, str, int], threading.Lock] = {}
-        self._tenant_arns: dict[str, str] = {}
         self.kms_calls: Counter[tuple[str, str, str, int]] = Counter()  # (op, tenant, cat, epoch)
         metadata.create_all(engine)
 
@@ -152,16 +151,14 @@ class Keyring:
         self.audit.append(tenant, "tenant_registered", {"key_arn": key_arn})
 
     def key_arn(self, tenant: str) -> str:
-        arn = self._tenant_arns.get(tenant)
-        if arn is None:
-            with self.engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(tenants.c.key_arn).where(tenants.c.tenant_id == tenant)
-                ).first()
-            if row is None:
-                raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
-            arn = self._tenant_arns[tenant] = str(row[0])
-        return arn
+        """Read each time, never cached: a rewrap in another process moves it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(tenants.c.key_arn).where(tenants.c.tenant_id == tenant)
+            ).first()
+        if row is None:
+            raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
+        return str(row[0])
 
     def tenants(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -210,7 +207,6 @@ class Keyring:
             entries = [self._cache.pop(k) for k in doomed]
             for k in [k for k in self._current if k[0] == tenant]:
                 del self._current[k]
-            self._tenant_arns.pop(tenant, None)
         for entry in entries:
             entry.key.wipe()
         self.audit.append(tenant, "keys_purged", {
@@ -295,7 +291,6 @@ class Keyring:
                                  .values(key_arn=target, rewrap_to=None))
                     break
         with self._lock:
-            self._tenant_arns[tenant] = target
             for k, entry in self._cache.items():
                 if k[0] == tenant:
                     entry.key_arn = target
