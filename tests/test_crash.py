@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,33 @@ def test_a_shred_cut_short_is_finished_by_the_next_check(
         assert c.get(f"/v1/tenants/{tenant}/objects/{TABLES}/a").status_code == 423
     record("crashes", "recovered", 2)
     node.stop()
+
+
+# --- provisioning ----------------------------------------------------------------------
+
+
+def test_a_provisioning_cut_short_is_finished_by_provisioning_again(
+        node: Node, kmslocal: KmsLocal) -> None:
+    node.start(crash_at="provision.registered")
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    arn = customer_key(kmslocal)
+    body = {"tenant_id": tenant, "kms_key_arn": arn, "admin_email": "admin@example.com",
+            "admin_password": "correct horse battery"}
+    with node.operator() as op:
+        dies(lambda: op.post("/v1/tenants", json=body))
+    node.crashed()
+    node.start()
+    with node.operator() as op:
+        other_key = op.post("/v1/tenants", json={**body, "kms_key_arn": customer_key(kmslocal)})
+        assert (other_key.status_code, other_key.json()["error"]) == (409, "tenant_exists")
+        again = op.post("/v1/tenants", json=body)
+        assert again.status_code == 201, again.text
+        assert op.post("/v1/tenants", json=body).status_code == 409  # now it is finished
+    token = node.proc.login(tenant)
+    with node.client(token) as c:
+        assert put(c, tenant, "t1", {"title": "after"}).status_code == 200
+    node.stop()
+    record("crashes", "recovered")
 
 
 # --- the crash points themselves -------------------------------------------------------

@@ -18,6 +18,8 @@ import threading
 ENV_VAR = "CMEK_DEV_CRASH_AT"
 
 POINTS: frozenset[str] = frozenset({
+    # provisioning: the tenant is recorded and its key registered; no admin user yet
+    "provision.registered",
     # a metadata write: the object row is committed; its log entry and index entry are not
     "write.object_committed",
     # any object-store write: the bytes are staged, not yet published under their key

@@ -6,6 +6,7 @@ HTTP handlers (``cmek.platform.api``) call these methods and nothing below them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -190,19 +191,28 @@ class Platform:
         validate_tenant_id(tenant_id)
         validate_email(admin_email)
         validate_password(admin_password)
-        if self.control.tenant(tenant_id) is not None:
+        existing = self.control.tenant(tenant_id)
+        if existing is not None and not self._unfinished(tenant_id, existing, key_arn):
             raise TenantExists(f"tenant {tenant_id} already exists")
         report = verify_key(self.kms, key_arn, region=self.settings.kms_region, tenant=tenant_id)
         if not report.ok:
             raise KeyVerificationFailed(report.findings())
-        if not self.control.add_tenant(tenant_id, key_arn, self.clock.now()):
+        if existing is None and not self.control.add_tenant(tenant_id, key_arn,
+                                                            self.clock.now()):
             raise TenantExists(f"tenant {tenant_id} already exists")
         self.audit.append(tenant_id, "key_verified", _verification(report, "provisioning", None))
-        self.keyring.register_tenant(tenant_id, key_arn)
+        with contextlib.suppress(TenantExists):  # registered before a crash cut this short
+            self.keyring.register_tenant(tenant_id, key_arn)
+        crashpoints.reached("provision.registered")
         store = self.store(tenant_id)
         admin = store.create_user(admin_email, self.hasher.hash(admin_password), "admin")
         store.log("tenant_provisioned", "operator", {"admin_user": admin["user_id"]})
         return self.tenant_view(tenant_id)
+
+    def _unfinished(self, tenant_id: str, row: dict[str, Any], key_arn: str) -> bool:
+        """A provisioning a crash cut short (no admin yet) is finished by provisioning
+        again with the same key; any other existing id stays taken."""
+        return row["key_arn"] == key_arn and not self.store(tenant_id).has_users()
 
     def tenant_view(self, tenant_id: str) -> dict[str, Any]:
         row = self.control.tenant(tenant_id)

@@ -285,6 +285,12 @@ class TenantStore:
             raise NotFound("no such user")
         return dict(self._open("auth", f"user/{row.user_id}", row.sealed))
 
+    def has_users(self) -> bool:
+        """Without opening anything: a tenant without users is one whose provisioning a
+        crash cut short."""
+        with self._read() as conn:
+            return conn.execute(sa.select(users.c.user_id).limit(1)).first() is not None
+
     def list_users(self) -> list[dict[str, Any]]:
         with self._read() as conn:
             rows = list(conn.execute(sa.select(users).order_by(users.c.created_at)))
