@@ -33,7 +33,8 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("faults", "requests_checked", "requests under faults checked for tenant ownership", False),
     ("faults", "wrong_tenant_data", "responses under faults carrying another tenant's data",
      True),
-    ("crashes", "injected", "SIGKILLs injected (writes, backup, restore, rewrap, shred)", False),
+    ("crashes", "injected", "SIGKILLs injected (provisioning, writes, backup, restore, rewrap,"
+     " shred)", False),
     ("crashes", "recovered", "crashes recovered (completed or cleanly absent after restart)",
      False),
     ("crashes", "acknowledged_writes_checked", "acknowledged writes checked after a crash",
