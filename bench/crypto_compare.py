@@ -35,9 +35,8 @@ from cmek.clock import ManualClock
 from cmek.kms import KmsSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _servers import CUSTOMER, POLICY, PROVIDER, kmslocal
+from _servers import CUSTOMER, POLICY, PROVIDER, ROOT, kmslocal, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"64 B": 64, "1 KiB": 1024, "16 KiB": 16 * 1024, "1 MiB": 1024 * 1024}
 
 
@@ -340,9 +339,7 @@ def main() -> int:
     k = results["kms_calls"]
     print(f"\nKMS calls for {k['operations']:,} seal/open over {k['tenants']} tenants x "
           f"{k['categories']} categories (from the usage log): {k['kms_calls_from_usage_log']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_results(args.out, results)
     return 0
 
 

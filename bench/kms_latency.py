@@ -10,7 +10,6 @@ writes JSON (bench/results/kms_latency.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _servers import CUSTOMER, free_port, kmslocal, percentile, wait_ready
+from _servers import CUSTOMER, ROOT, free_port, kmslocal, percentile, wait_ready, write_results
 from botocore.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"cmek:tenant": "acme", "cmek:category": "metadata", "cmek:epoch": "1"}
 
 
@@ -94,12 +92,10 @@ def main() -> int:
         ratio = results["kmslocal"][op]["median_ms"] / results["moto"][op]["median_ms"]
         results.setdefault("ratio_kmslocal_to_moto_median", {})[op] = ratio
         print(f"{op:<18}{'ratio':<10}{ratio:>10.2f}   (kmslocal median / moto median)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     results["calls"] = args.calls
     results["python"] = sys.version.split()[0]
     results["cpus"] = os.cpu_count()
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    write_results(args.out, results)
     return 0
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,13 +32,22 @@ from typing import Any
 
 import boto3
 import httpx
-from _servers import CUSTOMER, POLICY, PROVIDER, kmslocal, percentile
+from _servers import (
+    CUSTOMER,
+    OPERATOR_TOKEN,
+    POLICY,
+    REGION,
+    ROOT,
+    check,
+    kmslocal,
+    percentile,
+    platform_env,
+    spawn,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 TENANT = "bench"
 ADMIN = ("admin@bench.example", "bench admin password")
-OPERATOR_TOKEN = "bench-operator-token-0123456789"
-EVENT_SECRET = "bench-event-secret-0123456789"
 TOPICS = ["revenue", "orders", "customers", "inventory", "churn", "marketing", "billing"]
 COLUMNS = ["customer_id", "order_id", "order_total", "region", "revenue_usd", "product_sku",
            "quantity", "discount_pct", "created_at", "country", "segment", "invoice_id",
@@ -50,53 +58,15 @@ QUERIES = ["revenue", "customer", "order total", "reg", "inventory", "churn", "a
 
 @contextmanager
 def platform(kms_url: str, data_dir: Path) -> Iterator[str]:
-    """``cmek serve`` on a free port, its output drained so the pipe never blocks it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
-    env |= {
-        "PYTHONUNBUFFERED": "1", "AWS_EC2_METADATA_DISABLED": "true",
-        "CMEK_DATA_DIR": str(data_dir), "CMEK_KMS_ENDPOINT_URL": kms_url,
-        "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN,
-        "CMEK_EVENT_SECRET": EVENT_SECRET, "AWS_ACCESS_KEY_ID": PROVIDER[0],
-        "AWS_SECRET_ACCESS_KEY": PROVIDER[1],
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "cmek.cli", "serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        output: list[str] = []
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("cmek listening on "):
-                url = line.split()[-1]
-                break
-        else:
-            raise RuntimeError("cmek serve did not start:\n" + "".join(output))
-        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _drain(stream: Iterator[str]) -> None:
-    for _ in stream:
-        pass
-
-
-def check(r: httpx.Response, status: int = 200) -> Any:
-    if r.status_code != status:
-        raise SystemExit(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
-    return r.json() if r.content else None
+    """``cmek serve`` (not ``--dev``) on a free port, with the default settings."""
+    cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", "0"]
+    with spawn(cmd, platform_env(kms_url, data_dir), "cmek listening on ") as server:
+        yield server.url
 
 
 def setup_tenant(kms_url: str, url: str, tables: int, rng: random.Random) -> tuple[str, float]:
     """Customer key, tenant, login and ``tables`` table objects; returns (token, load s)."""
-    kms = boto3.client("kms", endpoint_url=kms_url, region_name="us-west-2",
+    kms = boto3.client("kms", endpoint_url=kms_url, region_name=REGION,
                        aws_access_key_id=CUSTOMER[0], aws_secret_access_key=CUSTOMER[1])
     key_arn = kms.create_key(Policy=json.dumps(POLICY))["KeyMetadata"]["Arn"]
     with httpx.Client(base_url=url, timeout=60, trust_env=False) as c:
@@ -207,9 +177,7 @@ def main() -> int:
                 "requests_per_operation": requests, "warmup_requests": warmup,
                 "load_seconds": load_s, "queries": QUERIES,
                 "python": sys.version.split()[0], "cpus": os.cpu_count()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -49,14 +49,11 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +63,18 @@ import httpx
 from botocore.config import Config as BotoConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _servers import POLICY, free_port, percentile
-from time_to_lock import CUSTOMER, EVENT_SECRET, OPERATOR_TOKEN, PROVIDER, REGION, kmslocal_config
+from _servers import (
+    CUSTOMER,
+    OPERATOR_TOKEN,
+    POLICY,
+    REGION,
+    ROOT,
+    error_code,
+    percentile,
+    stack,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 TENANTS = [f"soak{i}" for i in range(5)]
 CLIENTS = 16
 PASSWORD = "soak admin password"
@@ -139,84 +144,9 @@ def steady_rss_mib(pid: int) -> float:
     return sorted(samples)[2]
 
 
-def error_code(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", ""))
-    except ValueError:
-        return "not_json"
-
-
-# --- servers ------------------------------------------------------------------------------
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[str]
-    log: deque[str]
-    errors: list[str]
-
-
-@contextmanager
-def spawn(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[Server]:
-    """A child process until it prints ``ready <url>``; afterwards its output is read on
-    (so the pipe never fills), keeping the tail and every error line."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        log: deque[str] = deque(maxlen=200)
-        for line in proc.stdout:
-            log.append(line)
-            if line.startswith(ready):
-                server = Server(line.split()[-1], proc, log, [])
-                break
-        else:
-            raise RuntimeError(f"{cmd[2]} did not start:\n" + "".join(log))
-
-        def drain() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.append(line)
-                if (" ERROR " in line or "Traceback" in line) and len(server.errors) < 500:
-                    server.errors.append(line.rstrip())
-
-        threading.Thread(target=drain, daemon=True).start()
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextmanager
-def servers(base: Path, backup_interval: float) -> Iterator[tuple[Server, Server]]:
-    """(kmslocal, platform); the platform's port is chosen first so that kmslocal's event
-    target can name it."""
-    port = free_port()
-    config = kmslocal_config(base / "kmslocal.toml", f"http://127.0.0.1:{port}/v1/key-events")
-    (base / "kms").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    kms_cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
-               str(base / "kms"), "--config", str(config), "--dev"]
-    with spawn(kms_cmd, env, "kmslocal listening on ") as kms:
-        env |= {
-            "AWS_EC2_METADATA_DISABLED": "true", "CMEK_DATA_DIR": str(base / "platform"),
-            "CMEK_KMS_ENDPOINT_URL": kms.url, "CMEK_KMS_REGION": REGION,
-            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
-            "AWS_ACCESS_KEY_ID": PROVIDER[1], "AWS_SECRET_ACCESS_KEY": PROVIDER[2],
-            "CMEK_CHECK_INTERVAL": "5", "CMEK_BACKUP_INTERVAL": str(backup_interval),
-        }
-        cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", str(port), "--dev"]
-        with spawn(cmd, env, "cmek listening on ") as platform:
-            yield kms, platform
-
-
 def customer_kms(url: str) -> Any:
     return boto3.client("kms", endpoint_url=url, region_name=REGION,
-                        aws_access_key_id=CUSTOMER[1], aws_secret_access_key=CUSTOMER[2],
+                        aws_access_key_id=CUSTOMER[0], aws_secret_access_key=CUSTOMER[1],
                         config=BotoConfig(retries={"total_max_attempts": 3,
                                                    "mode": "standard"}))
 
@@ -676,7 +606,8 @@ def main() -> int:
     warmup = min(30.0, duration * 0.1)
     tally = Tally()
     with tempfile.TemporaryDirectory() as tmp, \
-            servers(Path(tmp), args.backup_interval) as (kms, platform):
+            stack(Path(tmp), events=True, CMEK_CHECK_INTERVAL="5",
+                  CMEK_BACKUP_INTERVAL=str(args.backup_interval)) as (kms, platform):
         pids = {"platform": platform.proc.pid, "kmslocal": kms.proc.pid}
         keys = provision(kms.url, platform.url)
         stop = threading.Event()
@@ -796,10 +727,7 @@ def main() -> int:
         "python": sys.version.split()[0], "cpus": os.cpu_count(),
     }
     print_summary(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    shown = args.json.relative_to(ROOT) if args.json.is_relative_to(ROOT) else args.json
-    print(f"wrote {shown}")
+    write_results(args.json, result)
     for k in bad:
         print(f"soak: must be 0 but is {counts[k]}: {k}", file=sys.stderr)
     for p in problems:

@@ -26,14 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +38,19 @@ import httpx
 from botocore.config import Config as BotoConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _servers import POLICY, free_port, percentile
+from _servers import (
+    CUSTOMER,
+    OPERATOR_TOKEN,
+    POLICY,
+    REGION,
+    ROOT,
+    check,
+    error_code,
+    percentile,
+    stack,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-REGION = "us-west-2"
-PROVIDER = ("arn:aws:iam::111111111111:role/cmek-platform", "AKIAKMSLOCALPROVIDER",
-            "kmslocal-dev-provider-secret")
-CUSTOMER = ("arn:aws:iam::222222222222:user/key-admin", "AKIAKMSLOCALCUSTOMER",
-            "kmslocal-dev-customer-secret")
-OPERATOR_TOKEN = "bench-operator-token-0123456789"
-EVENT_SECRET = "bench-event-secret-0123456789"
 TENANT = "bench"
 ADMIN = ("admin@bench.example", "bench admin password")
 OBJECT = f"/v1/tenants/{TENANT}/objects/tables/t1"
@@ -62,81 +61,6 @@ MODES = {
     "events": {"events": True, "check_interval": 3600.0},
     "polling": {"events": False, "check_interval": POLL_INTERVAL},
 }
-
-
-def _drain(stream: Iterator[str]) -> None:
-    for _ in stream:
-        pass
-
-
-@contextmanager
-def process(cmd: list[str], env: dict[str, str], ready: str) -> Iterator[str]:
-    """A child process until it prints ``ready <url>``; its output drained afterwards so
-    the pipe never fills and blocks it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    try:
-        assert proc.stdout is not None
-        output: list[str] = []
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith(ready):
-                url = line.split()[-1]
-                break
-        else:
-            raise RuntimeError(f"{cmd[2]} did not start:\n" + "".join(output))
-        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def kmslocal_config(path: Path, event_url: str | None) -> Path:
-    lines = [f'region = "{REGION}"', ""]
-    for arn, akid, secret in (PROVIDER, CUSTOMER):
-        lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
-                  f'secret_access_key = "{secret}"', ""]
-    if event_url:
-        lines += ["[[event_targets]]", 'account = "222222222222"', f'url = "{event_url}"',
-                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]
-    path.write_text("\n".join(lines))
-    return path
-
-
-@contextmanager
-def servers(base: Path, events: bool, check_interval: float) -> Iterator[tuple[str, str]]:
-    """(kmslocal url, platform url); the platform's port is chosen first so kmslocal's
-    event target can name it."""
-    port = free_port()
-    event_url = f"http://127.0.0.1:{port}/v1/key-events" if events else None
-    config = kmslocal_config(base / "kmslocal.toml", event_url)
-    (base / "kms").mkdir()
-    kms_cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
-               str(base / "kms"), "--config", str(config), "--dev"]
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
-    base_env["PYTHONUNBUFFERED"] = "1"
-    with process(kms_cmd, base_env, "kmslocal listening on ") as kms_url:
-        env = base_env | {
-            "AWS_EC2_METADATA_DISABLED": "true", "CMEK_DATA_DIR": str(base / "platform"),
-            "CMEK_KMS_ENDPOINT_URL": kms_url, "CMEK_KMS_REGION": REGION,
-            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
-            "AWS_ACCESS_KEY_ID": PROVIDER[1], "AWS_SECRET_ACCESS_KEY": PROVIDER[2],
-            "CMEK_CHECK_INTERVAL": str(check_interval), "CMEK_BACKUP_INTERVAL": "0",
-        }
-        cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", str(port), "--dev"]
-        with process(cmd, env, "cmek listening on ") as url:
-            yield kms_url, url
-
-
-def check(r: httpx.Response, status: int) -> Any:
-    if r.status_code != status:
-        raise SystemExit(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
-    return r.json() if r.content else None
 
 
 def login(c: httpx.Client) -> httpx.Response:
@@ -155,13 +79,6 @@ def setup_tenant(kms: Any, c: httpx.Client) -> tuple[str, str]:
                 json={"title": "Time to lock"}), 200)
     check(c.get(OBJECT, headers={"Authorization": f"Bearer {token}"}), 200)
     return key_arn, token
-
-
-def error_code(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", ""))
-    except ValueError:
-        return ""
 
 
 def until_locked(c: httpx.Client, token: str, t0: float, odd: Counter[str]
@@ -211,11 +128,12 @@ def run_mode(name: str, trials: int) -> dict[str, Any]:
     probes = {"lock": 0, "restore": 0}
     odd: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as tmp, \
-            servers(Path(tmp), bool(mode["events"]), float(mode["check_interval"])) \
-            as (kms_url, url), \
-            httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
-        kms = boto3.client("kms", endpoint_url=kms_url, region_name=REGION,
-                           aws_access_key_id=CUSTOMER[1], aws_secret_access_key=CUSTOMER[2],
+            stack(Path(tmp), events=bool(mode["events"]),
+                  CMEK_CHECK_INTERVAL=str(mode["check_interval"]), CMEK_BACKUP_INTERVAL="0") \
+            as (kms_server, platform), \
+            httpx.Client(base_url=platform.url, timeout=30, trust_env=False) as c:
+        kms = boto3.client("kms", endpoint_url=kms_server.url, region_name=REGION,
+                           aws_access_key_id=CUSTOMER[0], aws_secret_access_key=CUSTOMER[1],
                            config=BotoConfig(retries={"total_max_attempts": 1,
                                                       "mode": "standard"}))
         key_arn, token = setup_tenant(kms, c)
@@ -274,9 +192,7 @@ def main() -> int:
     results |= {"trials_per_mode": trials, "probe_gap_ms": PROBE_GAP * 1e3,
                 "goals_ms": goals, "goals_met": met,
                 "python": sys.version.split()[0], "cpus": os.cpu_count()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    write_results(args.out, results)
     return 0
 
 
