@@ -442,7 +442,7 @@ class Platform:
                 index = self.search_index(caller.tenant_id)
                 doc = f"{kind}/{object_id}"
                 if index.versions.get(doc, 0) < stored.version:  # never over a later version
-                    index.upsert(doc, kind, _title(body, object_id), _texts(body))
+                    index.upsert(doc, kind, object_title(body, object_id), _texts(body))
                     index.versions[doc] = stored.version
         except Exception:
             self._index_stale(caller.tenant_id)
@@ -520,7 +520,7 @@ class Platform:
                     obj = store.get_object(kind, object_id)
                 except NotFound:
                     continue  # deleted meanwhile
-                index.upsert(doc, kind, _title(obj.body, object_id), _texts(obj.body))
+                index.upsert(doc, kind, object_title(obj.body, object_id), _texts(obj.body))
                 index.versions[doc] = obj.version
                 changed.append(doc)
         if changed:
@@ -531,7 +531,7 @@ class Platform:
         index = StoreIndex()
         for obj in self.store(tenant_id).list_objects():
             doc = f"{obj.kind}/{obj.object_id}"
-            index.upsert(doc, obj.kind, _title(obj.body, obj.object_id), _texts(obj.body))
+            index.upsert(doc, obj.kind, object_title(obj.body, obj.object_id), _texts(obj.body))
             index.versions[doc] = obj.version
         self._save_index(tenant_id, index)
         return index
@@ -1013,7 +1013,7 @@ def user_view(user: dict[str, Any]) -> dict[str, Any]:
             "created_at": user["created_at"]}
 
 
-def _title(body: dict[str, Any], fallback: str) -> str:
+def object_title(body: dict[str, Any], fallback: str) -> str:
     title = body.get("title")
     return title if isinstance(title, str) and title else fallback
 

@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cmek.errors import CmekError, UnknownTenant
 from cmek.kms import KeyRevoked, KmsUnavailable
+from cmek.lifecycle import KeyState
 from cmek.platform.service import (
     OBJECT_KINDS,
     Caller,
@@ -30,6 +31,7 @@ from cmek.platform.service import (
     TenantKeyUnavailable,
     TooManyAttempts,
     Unauthorized,
+    object_title,
 )
 from cmek.platform.web import console, security
 from cmek.platform.web.charts import cell, result_bars
@@ -38,8 +40,8 @@ from cmek.stores.tenant import NotFound, StoreClosed, TenantStore
 
 log = logging.getLogger("cmek.platform.web")
 STATIC = Path(__file__).parent / "static"
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-OBJECT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+OBJECT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KIND_NAMES = {"liveboards": "Liveboards", "answers": "Answers", "tables": "Tables",
               "models": "Models"}
 KIND_ONE = {"liveboards": "Liveboard", "answers": "Answer", "tables": "Table",
@@ -95,7 +97,7 @@ class Pages:
         for the holder of an admin session that this lock ended. No tenant data."""
         view = self.platform.lifecycle.view(tenant)
         state, reason = view["state"], view["reason"]
-        if state in ("active", "degraded"):  # the lock is landing: say what the path saw
+        if KeyState(state).serving:  # the lock is landing: say what the path saw
             state = getattr(error, "key_state", "locked")
             reason = getattr(error, "reason", "unavailable")
             reason = getattr(reason, "value", reason)
@@ -122,15 +124,16 @@ class Pages:
     def tenant_page(self, request: Request, tenant: str,
                     build: Callable[[Caller], Response], *, admin: bool = False) -> Response:
         """Locked notice, sign-in, role check, then the page; failures become pages."""
-        refused = self.closed(request, tenant)
-        if refused is not None:
-            return refused
         token = request.cookies.get(security.session_cookie(tenant))
         if not token:
-            return self.signin_redirect(request, tenant)
+            return self.closed(request, tenant) or self.signin_redirect(request, tenant)
+        if not TENANT_ID.fullmatch(tenant):
+            return self.not_found()
         try:
-            caller = self.platform.authenticate(token, tenant)
-        except TenantKeyUnavailable as e:
+            caller = self.platform.authenticate(token, tenant)  # guards the tenant first
+        except UnknownTenant:
+            return self.not_found()
+        except UNAVAILABLE as e:
             return self.notice(request, tenant, e)
         except (Unauthorized, Forbidden):  # expired, signed out, or another tenant's
             return self.signin_redirect(request, tenant, clear=True)
@@ -142,13 +145,13 @@ class Pages:
     def closed(self, request: Request, tenant: str) -> Response | None:
         """Before any session is looked at: an unknown tenant is a 404, an unusable key
         the locked notice."""
-        if not TENANT_ID.match(tenant):
+        if not TENANT_ID.fullmatch(tenant):
             return self.not_found()
         try:
             self.platform.guard(tenant)
         except UnknownTenant:
             return self.not_found()
-        except TenantKeyUnavailable as e:
+        except UNAVAILABLE as e:
             return self.notice(request, tenant, e)
         return None
 
@@ -189,10 +192,10 @@ class Pages:
         @r.get("/t/{tenant}/")
         def home(request: Request, tenant: str) -> Response:
             def build(caller: Caller) -> Response:
-                store = platform.store(tenant)
-                groups = [(kind, KIND_NAMES[kind], [_summary(o.object_id, o.body)
-                                                    for o in store.list_objects(kind)])
-                          for kind in ("liveboards", "answers", "tables", "models")]
+                by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_NAMES}
+                for o in platform.store(tenant).list_objects():
+                    by_kind[o.kind].append(_summary(o.object_id, o.body))
+                groups = [(kind, name, by_kind[kind]) for kind, name in KIND_NAMES.items()]
                 return self.render("home.html", **self.tenant_context(
                     caller, title="Home", groups=groups))
             return self.tenant_page(request, tenant, build)
@@ -206,7 +209,7 @@ class Pages:
         @r.post("/t/{tenant}/signin")
         def signin_post(request: Request, tenant: str, email: Text = "", password: Text = "",
                         csrf: Text = "", next_url: NextField = "") -> Response:
-            if not TENANT_ID.match(tenant):
+            if not TENANT_ID.fullmatch(tenant):
                 return self.not_found()
             if not (security.same_origin(request) and security.same(
                     csrf, request.cookies.get(security.CSRF_COOKIE))):
@@ -296,7 +299,7 @@ class Pages:
 
         @r.get("/t/{tenant}/{kind}/{object_id}")
         def object_page(request: Request, tenant: str, kind: str, object_id: str) -> Response:
-            if kind not in OBJECT_KINDS or not OBJECT_ID.match(object_id):
+            if kind not in OBJECT_KINDS or not OBJECT_ID.fullmatch(object_id):
                 return self.not_found()
 
             def build(caller: Caller) -> Response:
@@ -305,7 +308,7 @@ class Pages:
                 body = obj.body
                 context: dict[str, Any] = {
                     "kind": kind, "kind_name": KIND_ONE[kind], "id": object_id,
-                    "title": _title(body, object_id), "body": body, "version": obj.version,
+                    "title": object_title(body, object_id), "body": body, "version": obj.version,
                     "updated": console.when(obj.updated_at),
                     "description": body.get("description")
                     if isinstance(body.get("description"), str) else None,
@@ -314,9 +317,9 @@ class Pages:
                     ids = body.get("answers")
                     context["answers"] = [self.answer(store, tenant, str(a))
                                           for a in (ids if isinstance(ids, list) else [])
-                                          if isinstance(a, str) and OBJECT_ID.match(a)]
+                                          if isinstance(a, str) and OBJECT_ID.fullmatch(a)]
                 elif kind == "answers":
-                    context["answers"] = [self.answer(store, tenant, object_id)]
+                    context["answers"] = [self.answer(store, tenant, object_id, body)]
                 return self.render("object.html", **self.tenant_context(caller, **context))
             return self.tenant_page(request, tenant, build)
 
@@ -359,7 +362,7 @@ class Pages:
         def ops_key(request: Request, tenant: str) -> Response:
             if not self.ops_signed_in(request):
                 return self.redirect("/ops")
-            if not TENANT_ID.match(tenant):
+            if not TENANT_ID.fullmatch(tenant):
                 return self.not_found()
             try:
                 data = console.key_console(platform, tenant)
@@ -410,13 +413,17 @@ class Pages:
             return ""
         return security.ops_csrf(expected.get_secret_value(), cookie)
 
-    def answer(self, store: TenantStore, tenant: str, answer_id: str) -> dict[str, Any]:
-        """An answer with its cached result; a missing answer or result is said, not fatal."""
-        try:
-            body = store.get_object("answers", answer_id).body
-        except NotFound:
-            return {"id": answer_id, "title": answer_id, "missing": "This answer was deleted."}
-        out: dict[str, Any] = {"id": answer_id, "title": _title(body, answer_id),
+    def answer(self, store: TenantStore, tenant: str, answer_id: str,
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An answer with its cached result; a missing answer or result is said, not fatal.
+        ``body`` when the caller has already read it."""
+        if body is None:
+            try:
+                body = store.get_object("answers", answer_id).body
+            except NotFound:
+                return {"id": answer_id, "title": answer_id,
+                        "missing": "This answer was deleted."}
+        out: dict[str, Any] = {"id": answer_id, "title": object_title(body, answer_id),
                                "sql": body.get("sql") if isinstance(body.get("sql"), str)
                                else None, "missing": None, "columns": [], "rows": [],
                                "chart": None, "truncated": False}
@@ -436,14 +443,9 @@ class Pages:
         return out
 
 
-def _title(body: dict[str, Any], fallback: str) -> str:
-    title = body.get("title")
-    return title if isinstance(title, str) and title else fallback
-
-
 def _summary(object_id: str, body: dict[str, Any]) -> dict[str, Any]:
     description = body.get("description")
-    return {"id": object_id, "title": _title(body, object_id),
+    return {"id": object_id, "title": object_title(body, object_id),
             "description": description if isinstance(description, str) else ""}
 
 
@@ -459,7 +461,7 @@ def _links(body: dict[str, Any]) -> list[tuple[str, str]]:
     """References to other objects that the body names: a model's tables."""
     tables = body.get("tables")
     if isinstance(tables, list):
-        return [("tables", str(t)) for t in tables if isinstance(t, str) and OBJECT_ID.match(t)]
+        return [("tables", str(t)) for t in tables if isinstance(t, str) and OBJECT_ID.fullmatch(t)]
     return []
 
 

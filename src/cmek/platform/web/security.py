@@ -26,7 +26,6 @@ from starlette.responses import Response
 
 CSRF_COOKIE = "__Host-cmek-csrf"
 OPS_COOKIE = "__Host-cmek-ops"
-CSRF_FIELD = "csrf"
 OPS_TTL = 8 * 3600.0
 _SESSION_CSRF_KEY = b"cmek web: csrf token of a tenant session"
 
