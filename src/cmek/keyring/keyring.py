@@ -77,7 +77,6 @@ class RewrapInProgress(CmekError):
 @dataclass
 class _Cached:
     key: DataKey
-    key_arn: str
     expires_at: float
     # Seals this process may still make under the key: next(seals) below seal_limit. A
     # count that fails the test is simply lost, so the budget is never exceeded.
@@ -290,10 +289,6 @@ class Keyring:
                     conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
                                  .values(key_arn=target, rewrap_to=None))
                     break
-        with self._lock:
-            for k, entry in self._cache.items():
-                if k[0] == tenant:
-                    entry.key_arn = target
         self.audit.append(tenant, "rewrap_finished",
                           {"key_arn": target, "rewrapped": rewrapped, "total": total})
         return RewrapReport(tenant, target, rewrapped, total, resumed)
@@ -455,10 +450,10 @@ class Keyring:
             if tolerate_outage and not isinstance(err, KeyRevoked):
                 return None  # keep the cached key until it expires
             raise
-        return self._install(slot, row.key_arn, out.plaintext)
+        return self._install(slot, out.plaintext)
 
-    def _install(self, slot: tuple[str, str, int], key_arn: str, plaintext: bytearray) -> _Cached:
-        entry = _Cached(DataKey(slot[2], plaintext), key_arn, self.clock.now() + self.ttl)
+    def _install(self, slot: tuple[str, str, int], plaintext: bytearray) -> _Cached:
+        entry = _Cached(DataKey(slot[2], plaintext), self.clock.now() + self.ttl)
         with self._lock:
             old = self._cache.get(slot)
             if old is not None:  # a refresh: the old key object may still be in a caller's
@@ -527,7 +522,7 @@ class Keyring:
                 with self._lock:
                     self._current[(tenant, cat)] = epoch
                 return epoch
-            self._install((tenant, cat, epoch), key_arn, out.plaintext)
+            self._install((tenant, cat, epoch), out.plaintext)
             self.audit.append(tenant, "epoch_created",
                               {"category": cat, "epoch": epoch, "key_arn": key_arn})
             with self._lock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import traceback
@@ -26,14 +25,15 @@ from cmek.errors import CmekError
 from cmek.kms import KeyRevoked, RevocationReason
 from cmek.platform.service import (
     Caller,
-    Forbidden,
     KeyVerificationFailed,
     Platform,
     TenantKeyUnavailable,
     TooManyAttempts,
     Unauthorized,
+    require_admin,
 )
 from cmek.platform.web import mount as mount_web
+from cmek.platform.web.security import same as same_secret
 
 log = logging.getLogger("cmek.platform")
 JOB_TICK_SECONDS = 1.0
@@ -159,9 +159,7 @@ def _platform(request: Request) -> Platform:
 def _operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     expected = _platform(request).settings.operator_token
     token = _bearer(authorization)
-    if expected is None or not hmac.compare_digest(
-        token.encode(), expected.get_secret_value().encode()
-    ):
+    if not same_secret(token, expected.get_secret_value() if expected else None):
         raise Unauthorized("not the operator token")
 
 
@@ -189,8 +187,11 @@ def create_app(platform: Platform) -> FastAPI:
                     log.exception("%s failed; retrying", what)
                 await asyncio.sleep(seconds)
 
-        def jobs() -> int:  # one process runs the jobs: the same one as the monitor
-            return platform.run_due_jobs(in_workers=True) if platform.cluster.is_leader() else 0
+        def jobs() -> int:  # one process runs the jobs: the same one as the monitor; each
+            # rebuilds the search indexes it marked stale, since it holds them in memory
+            if platform.cluster.is_leader():
+                return platform.run_due_jobs(in_workers=True)
+            return platform.run_due_indexing()
 
         try:  # before serving: nothing half done is ever served
             await run_in_threadpool(platform.recover)
@@ -300,7 +301,6 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.post("/v1/tenants/{tenant}/key/rewrap")
     async def key_rewrap(tenant: TenantId, body: RewrapIn, _: Op) -> dict[str, Any]:
-        await call(platform.tenant_view, tenant)
         return await call(platform.rewrap, tenant, body.kms_key_arn)
 
     @app.post("/v1/key-events", status_code=202)
@@ -308,9 +308,8 @@ def create_app(platform: Platform) -> FastAPI:
                          x_cmek_event_secret: Annotated[str | None, Header()] = None
                          ) -> dict[str, Any]:
         expected = settings.event_secret
-        if expected is None or x_cmek_event_secret is None or not hmac.compare_digest(
-            x_cmek_event_secret.encode(), expected.get_secret_value().encode()
-        ):
+        if not same_secret(x_cmek_event_secret,
+                           expected.get_secret_value() if expected else None):
             raise Unauthorized("missing or wrong X-Cmek-Event-Secret")
         return {"tenants": await call(platform.key_event, event)}
 
@@ -350,7 +349,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant}/objects/{kind}/{object_id}")
     async def get_object(kind: Kind, object_id: ObjectId, me: Me) -> dict[str, Any]:
-        stored = await call(platform.store(me.tenant_id).get_object, kind, object_id)
+        stored = await call(lambda: platform.store(me.tenant_id).get_object(kind, object_id))
         return {"kind": kind, "id": object_id, "version": stored.version,
                 "updated_at": stored.updated_at, "body": stored.body}
 
@@ -361,7 +360,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant}/objects/{kind}")
     async def list_objects(kind: Kind, me: Me) -> dict[str, Any]:
-        objs = await call(platform.store(me.tenant_id).list_objects, kind)
+        objs = await call(lambda: platform.store(me.tenant_id).list_objects(kind))
         return {"objects": [{"id": o.object_id, "version": o.version,
                              "updated_at": o.updated_at,
                              "title": o.body.get("title", o.object_id)} for o in objs]}
@@ -384,13 +383,13 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant}/connections")
     async def list_connections(me: Me) -> dict[str, Any]:
-        return {"connections": await call(platform.store(me.tenant_id).list_connections)}
+        store = await call(platform.store, me.tenant_id)
+        return {"connections": await call(store.list_connections)}
 
     @app.delete("/v1/tenants/{tenant}/connections/{name}", status_code=204)
     async def delete_connection(name: ObjectId, me: Me) -> Response:
-        if me.role != "admin":
-            raise Forbidden("this needs the admin role")
-        await call(platform.store(me.tenant_id).delete_connection, name)
+        require_admin(me)
+        await call(lambda: platform.store(me.tenant_id).delete_connection(name))
         return Response(status_code=204)
 
     @app.post("/v1/tenants/{tenant}/connections/{name}/query")
@@ -409,8 +408,7 @@ def create_app(platform: Platform) -> FastAPI:
     # --- backups --------------------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/backups", status_code=201)
     async def create_backup(me: Me) -> dict[str, Any]:
-        if me.role != "admin":
-            raise Forbidden("this needs the admin role")
+        require_admin(me)
         return (await call(platform.backup, me.tenant_id, me.user_id)).to_json()
 
     @app.get("/v1/tenants/{tenant}/backups")
@@ -429,11 +427,12 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/v1/tenants/{tenant}/schedules")
     async def list_schedules(me: Me) -> dict[str, Any]:
-        return {"schedules": await call(platform.store(me.tenant_id).list_schedules)}
+        store = await call(platform.store, me.tenant_id)
+        return {"schedules": await call(store.list_schedules)}
 
     @app.get("/v1/tenants/{tenant}/schedules/{schedule_id}/runs")
     async def list_runs(schedule_id: ObjectId, me: Me) -> dict[str, Any]:
-        store = platform.store(me.tenant_id)
+        store = await call(platform.store, me.tenant_id)
         await call(store.get_schedule, schedule_id)
         runs = await call(store.list_runs, schedule_id)
         refused = await call(platform.control.refused, me.tenant_id, schedule_id)
@@ -443,7 +442,7 @@ def create_app(platform: Platform) -> FastAPI:
     @app.get("/v1/tenants/{tenant}/activity")
     async def activity(me: Me, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                        ) -> dict[str, Any]:
-        return {"activity": await call(platform.store(me.tenant_id).activity, limit)}
+        return {"activity": await call(lambda: platform.store(me.tenant_id).activity(limit))}
 
     if settings.dev:  # controls for tests and demos: not part of the documented API
         @app.get("/_dev/clock", include_in_schema=False)

@@ -247,7 +247,7 @@ class Settings(BaseModel):
         return _secret(value)
 
     @field_validator("check_interval", "restore_window", "live_store_grace", "data_key_ttl",
-                     "kms_connect_timeout", "kms_read_timeout", mode="before")
+                     "kms_connect_timeout", "kms_read_timeout", "login_lockout", mode="before")
     @classmethod
     def _check_positive(cls, value: Any) -> float:
         return _seconds(value, allow_zero=False)
@@ -309,11 +309,6 @@ class Settings(BaseModel):
             raise _Invalid(f"must be a whole number of failed sign-ins >= 1, got {_shown(value)}")
         return value
 
-    @field_validator("login_lockout", mode="before")
-    @classmethod
-    def _check_lockout(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=False)
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _check_log_level(cls, value: Any) -> str:
@@ -323,8 +318,7 @@ class Settings(BaseModel):
         return str(level)
 
 
-_INTS = frozenset({"port", "max_body_bytes", "login_max_failures",
-                   "login_max_failures_per_client"})
+_INTS = frozenset(name for name, f in Settings.model_fields.items() if f.annotation is int)
 _FLOATS = frozenset(name for name, f in Settings.model_fields.items() if f.annotation is float)
 
 

@@ -7,7 +7,6 @@ random values, so a fast hash is enough, and a database reader learns nothing us
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +78,6 @@ class TokenInfo:
     user_id: str
     kind: str
     role: str
-    expires_at: float | None
 
 
 class ControlPlane:
@@ -126,27 +124,26 @@ class ControlPlane:
         return token, expires
 
     def resolve(self, token: str, now: float) -> TokenInfo | None:
-        digest = token_hash(token)
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
-        if row is None or not hmac.compare_digest(row.token_hash, digest):
+        row = self._unexpired(token, now)
+        if row is None or row.revoked_at is not None:
             return None
-        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
-            return None
-        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.role, row.expires_at)
+        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.role)
 
     def ended(self, token: str, now: float) -> tuple[TokenInfo, float] | None:
         """A revoked token that has not yet expired, with when it was revoked."""
-        digest = token_hash(token)
+        row = self._unexpired(token, now)
+        if row is None or row.revoked_at is None:
+            return None
+        return TokenInfo(row.tenant_id, row.user_id, row.kind, row.role), float(row.revoked_at)
+
+    def _unexpired(self, token: str, now: float) -> sa.Row[Any] | None:
+        """Looked up by the token's hash: the database compares hashes, never the token."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == digest)).first()
-        if row is None or row.revoked_at is None or not hmac.compare_digest(row.token_hash,
-                                                                           digest):
+            row = conn.execute(sa.select(tokens).where(
+                tokens.c.token_hash == token_hash(token))).first()
+        if row is None or (row.expires_at is not None and row.expires_at <= now):
             return None
-        if row.expires_at is not None and row.expires_at <= now:
-            return None
-        return (TokenInfo(row.tenant_id, row.user_id, row.kind, row.role, row.expires_at),
-                float(row.revoked_at))
+        return row
 
     def revoke(self, token: str, now: float) -> bool:
         with self.engine.begin() as conn:

@@ -335,7 +335,7 @@ class Platform:
         and per client, and either one over its limit refuses every sign-in it covers."""
         self.guard(tenant_id)
         store = self.store(tenant_id)
-        account = _subject("account", tenant_id, store.email_lookup(str(email)))
+        account = _subject("account", tenant_id, store.email_lookup(email))
         limits = [(account, self.settings.login_max_failures)]
         if client:
             limits.append((_subject("client", client),
@@ -345,7 +345,7 @@ class Platform:
         if locked_until is not None:  # checked before the password: a right one is refused
             store.log("login_throttled", "anonymous", {})
             raise TooManyAttempts(locked_until - now)
-        user = store.find_user(email) if isinstance(email, str) else None
+        user = store.find_user(email)
         try:
             if user is None:
                 self.hasher.verify(_DUMMY_HASH, password)  # same work whether or not found
@@ -444,14 +444,13 @@ class Platform:
                 if index.versions.get(doc, 0) < stored.version:  # never over a later version
                     index.upsert(doc, kind, object_title(body, object_id), _texts(body))
                     index.versions[doc] = stored.version
+                    try:
+                        self._save_index(caller.tenant_id, index)
+                    except CmekError:  # the write stands; the indexing job saves it later
+                        self._index_stale(caller.tenant_id)
         except Exception:
             self._index_stale(caller.tenant_id)
             raise
-        try:
-            with self._index_lock(caller.tenant_id):
-                self._save_index(caller.tenant_id, index)
-        except CmekError:
-            self._index_stale(caller.tenant_id)
         return stored
 
     def delete_object(self, caller: Caller, kind: str, object_id: str) -> None:
@@ -490,9 +489,8 @@ class Platform:
                 index = self._indexes.get(tenant_id)
             if index is not None:  # loaded meanwhile by another request
                 return index
-            key = f"tenants/{tenant_id}/index/search"
             try:
-                sealed = self.objects.get(key)
+                sealed = self.objects.get(_index_key(tenant_id))
             except ObjectNotFound:
                 loaded = None
             else:
@@ -537,7 +535,7 @@ class Platform:
         return index
 
     def _save_index(self, tenant_id: str, index: StoreIndex) -> None:
-        self.objects.put(f"tenants/{tenant_id}/index/search", self.keyring.seal(
+        self.objects.put(_index_key(tenant_id), self.keyring.seal(
             tenant_id, "search_index", "index/search", index.dump()))
 
     def search(self, caller: Caller, query: str, limit: int) -> list[dict[str, Any]]:
@@ -703,13 +701,16 @@ class Platform:
             return 0
         made = 0
         for tenant_id in self.tenant_ids():
-            latest = max((b.created_at for b in self.backups(tenant_id)), default=0.0)
-            if self.clock.now() - latest >= interval:
-                try:
+            if not self.lifecycle.state(tenant_id).state.serving:
+                continue  # nothing to open, and one tenant's failure must not stop the rest
+            try:
+                latest = max((b.created_at for b in list_backups(tenant_id, self.objects)),
+                             default=0.0)
+                if self.clock.now() - latest >= interval:
                     self.backup(tenant_id, "scheduler")
                     made += 1
-                except CmekError:
-                    continue
+            except CmekError:
+                continue
         return made
 
 
@@ -884,10 +885,6 @@ class TenantWorkers:
         for tenant_id in tenants:
             self.stop(tenant_id)
 
-    def running(self, tenant_id: str) -> bool:
-        thread = self._threads.get(tenant_id)
-        return thread is not None and thread.is_alive()
-
     def _loop(self, tenant_id: str, event: threading.Event) -> None:
         while True:
             event.wait()
@@ -1011,6 +1008,10 @@ def require_admin(caller: Caller) -> None:
 def user_view(user: dict[str, Any]) -> dict[str, Any]:
     return {"user_id": user["user_id"], "email": user["email"], "role": user["role"],
             "created_at": user["created_at"]}
+
+
+def _index_key(tenant_id: str) -> str:
+    return f"tenants/{tenant_id}/index/search"
 
 
 def object_title(body: dict[str, Any], fallback: str) -> str:

@@ -218,10 +218,10 @@ def list_backups(tenant: str, objects: ObjectStore) -> list[BackupInfo]:
 
 
 def restore_backup(store: TenantStore, objects: ObjectStore, backup_id: str,
-                   journal: RestoreJournal | None = None) -> dict[str, Any]:
+                   journal: RestoreJournal) -> dict[str, Any]:
     """Replace every live store of the tenant with the backup's content. The backup is
-    opened and checked whole before anything live changes; with a ``journal``, a restore
-    that a crash cuts short after that can be found and run again."""
+    opened and checked whole before anything live changes; the ``journal`` lets a restore
+    that a crash cuts short after that be found and run again."""
     if not backup_id.replace("-", "").isalnum() or len(backup_id) > 64:
         raise InvalidInput("invalid backup id")
     key = _backup_key(store.tenant, backup_id)
@@ -235,8 +235,6 @@ def restore_backup(store: TenantStore, objects: ObjectStore, backup_id: str,
                                       plain)
         plain.seek(0)
         header, rows, new_objects, end = _read(store, plain)
-        if journal is None:
-            return _apply(store, objects, header, rows, new_objects, end)
         with journal.entry(store.tenant, backup_id, store.clock.now()):
             return _apply(store, objects, header, rows, new_objects, end)
 
