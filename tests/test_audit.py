@@ -360,3 +360,7 @@ def test_entries_filters(trail: AuditTrail, clock: ManualClock) -> None:
     both = trail.entries(TENANT, kinds=["kms.Encrypt", "key.rotated"], since=start + 3.0)
     assert [e.seq for e in both] == [3, 4, 6, 7, 9]
     assert trail.entries(OTHER, kinds=["kms.Decrypt"]) == []
+    # the newest few, still oldest first: what a console shows without reading everything
+    assert [e.seq for e in trail.entries(TENANT, kinds={"kms.Decrypt"}, last=2)] == [5, 8]
+    assert [e.seq for e in trail.entries(TENANT, last=1)] == [9]
+    assert [e.seq for e in trail.entries(TENANT, last=100)] == list(range(1, 10))

@@ -238,20 +238,26 @@ class AuditTrail:
         return conn.execute(select).one()
 
     def entries(self, tenant: str, *, kinds: Collection[str] | None = None,
-                since: float | None = None) -> list[AuditEntry]:
+                since: float | None = None, last: int | None = None) -> list[AuditEntry]:
+        """Oldest first; with ``last``, only the newest ``last`` of them."""
         with self._engine.connect() as conn:
-            return [_entry_from_row(row) for row in self._rows(conn, tenant, kinds, since)]
+            rows = [_entry_from_row(row) for row in self._rows(conn, tenant, kinds, since,
+                                                                newest_first=last is not None,
+                                                                limit=last)]
+        return rows[::-1] if last is not None else rows
 
     def _rows(self, conn: sa.Connection, tenant: str, kinds: Collection[str] | None = None,
-              since: float | None = None) -> Iterator[_Row]:
+              since: float | None = None, *, newest_first: bool = False,
+              limit: int | None = None) -> Iterator[_Row]:
         query = sa.select(audit_entries).where(audit_entries.c.tenant == tenant)
         if kinds is not None:
             wanted = [kinds] if isinstance(kinds, str) else list(kinds)
             query = query.where(audit_entries.c.kind.in_(wanted))
         if since is not None:
             query = query.where(audit_entries.c.ts >= since)
+        order = audit_entries.c.seq.desc() if newest_first else audit_entries.c.seq
         result = conn.execution_options(yield_per=500).execute(
-            query.order_by(audit_entries.c.seq))
+            query.order_by(order).limit(limit))
         yield from result
 
     @contextmanager

@@ -131,13 +131,14 @@ def key_console(platform: Platform, tenant_id: str) -> dict[str, Any]:
     tenant = platform.tenant_view(tenant_id)
     view = platform.lifecycle.view(tenant_id)
     now = platform.clock.now()
-    changes = platform.audit.entries(tenant_id, kinds=["key_state_changed"])
+    changes = platform.audit.entries(tenant_id, kinds=["key_state_changed"],
+                                     last=TIMELINE_LIMIT)
     timeline = [{"at": when(e.ts), "from": str(e.data.get("from", "")),
                  "to": str(e.data.get("to", "")), "reason": str(e.data.get("reason", "")),
                  "cause": str(e.data.get("cause", "")),
                  "request_id": str(e.data.get("request_id") or "")}
-                for e in reversed(changes[-TIMELINE_LIMIT:])]
-    verified = platform.audit.entries(tenant_id, kinds=["key_verified"])
+                for e in reversed(changes)]
+    verified = platform.audit.entries(tenant_id, kinds=["key_verified"], last=1)
     verification = None
     if verified:
         last = verified[-1]
