@@ -266,6 +266,7 @@ class VerifyReport:
     key_arn: str
     tenant: str | None
     checks: list[Check]
+    description: KeyDescription | None = None  # what DescribeKey said, when it answered
 
     @property
     def ok(self) -> bool:
@@ -545,8 +546,9 @@ def verify_key(
     provider_account: str | None = None,
 ) -> VerifyReport:
     """Check, as the provider, that a customer's key is fit for a tenant, with fixes."""
-    checks = _Verifier(kms, key_arn, region, tenant, provider_account).run()
-    return VerifyReport(key_arn, tenant, checks)
+    verifier = _Verifier(kms, key_arn, region, tenant, provider_account)
+    checks = verifier.run()
+    return VerifyReport(key_arn, tenant, checks, verifier.description)
 
 
 def _ok(name: str, detail: str) -> Check:

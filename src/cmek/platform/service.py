@@ -31,7 +31,7 @@ from cmek.db import create_engine
 from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
 from cmek.keyring import Keyring, validate_tenant_id
 from cmek.keyring.table import data_keys
-from cmek.kms import BotoKms, KeyDescription, KeyRevoked, Kms, KmsError, KmsSettings
+from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
 from cmek.lifecycle import Durations, KeyState, Lifecycle, TenantKeyState
 from cmek.platform import connectors
 from cmek.platform.cluster import Cluster
@@ -200,7 +200,7 @@ class Platform:
         if existing is None and not self.control.add_tenant(tenant_id, key_arn,
                                                             self.clock.now()):
             raise TenantExists(f"tenant {tenant_id} already exists")
-        self.audit.append(tenant_id, "key_verified", _verification(report, "provisioning", None))
+        self.audit.append(tenant_id, "key_verified", _verification(report, "provisioning"))
         with contextlib.suppress(TenantExists):  # registered before a crash cut this short
             self.keyring.register_tenant(tenant_id, key_arn)
         crashpoints.reached("provision.registered")
@@ -316,7 +316,7 @@ class Platform:
                                 tenant=tenant_id)
             if not report.ok:
                 raise KeyVerificationFailed(report.findings())
-            self.audit.append(tenant_id, "key_verified", _verification(report, "rewrap", None))
+            self.audit.append(tenant_id, "key_verified", _verification(report, "rewrap"))
         with self._rewrap_lock(tenant_id):
             done = self.keyring.rewrap(tenant_id, new_key_arn)
             crashpoints.reached("rewrap.finished")
@@ -405,12 +405,7 @@ class Platform:
         key_arn = self.tenant_view(tenant_id)["kms_key_arn"]
         report = verify_key(self.kms, key_arn, region=self.settings.kms_region,
                             tenant=tenant_id, provider_account=self.settings.provider_account)
-        try:
-            described: KeyDescription | None = self.kms.describe_key(key_arn)
-        except KmsError:
-            described = None
-        return self.audit.append(tenant_id, "key_verified",
-                                 _verification(report, cause, described)).data
+        return self.audit.append(tenant_id, "key_verified", _verification(report, cause)).data
 
     def logout(self, caller: Caller) -> None:
         self.control.revoke(caller.token, self.clock.now())
@@ -976,8 +971,8 @@ def tenant_db_name(tenant_id: str) -> str:
     return f"cmek_{tenant_id[:40].replace('-', '_')}_{digest}"
 
 
-def _verification(report: VerifyReport, cause: str,
-                  described: KeyDescription | None) -> dict[str, Any]:
+def _verification(report: VerifyReport, cause: str) -> dict[str, Any]:
+    described = report.description
     key = None if described is None else {
         "key_state": described.key_state, "key_spec": described.key_spec,
         "key_usage": described.key_usage, "origin": described.origin,
