@@ -38,7 +38,9 @@ from tests.kmslocal_harness import (
 )
 
 T = TypeVar("T")
-REFERENCE_POLICY = Path(__file__).resolve().parents[2] / "shared/reference/provider-key-policy.json"
+# The reference provider key policy, kept with the tests (a copy of the project's
+# reference file): every test that compares against it reads it through this name.
+REFERENCE_POLICY = Path(__file__).resolve().parent / "data" / "provider-key-policy.json"
 AWS_VARS = (
     "CMEK_CONFORMANCE_AWS_REGION", "CMEK_CONFORMANCE_PROVIDER_PROFILE",
     "CMEK_CONFORMANCE_CUSTOMER_PROFILE",

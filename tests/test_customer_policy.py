@@ -31,8 +31,8 @@ from cmek.customer.policy import (
     validate_account,
 )
 from cmek.errors import CmekError, InvalidInput
+from tests.conftest import REFERENCE_POLICY
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/provider-key-policy.json"
 PROVIDER = "111122223333"
 OWNER = "444455556666"
 STRANGER = "999988887777"
@@ -43,9 +43,7 @@ Doc = dict[str, Any]
 
 
 def reference(account: str = PROVIDER) -> Doc:
-    if not REFERENCE.exists():
-        pytest.skip(f"the reference policy {REFERENCE} is not on this machine")
-    loaded: Doc = json.loads(REFERENCE.read_text().replace("<ACCOUNT_ID>", account))
+    loaded: Doc = json.loads(REFERENCE_POLICY.read_text().replace("<ACCOUNT_ID>", account))
     return loaded
 
 
@@ -102,6 +100,7 @@ def test_embedded_statements_are_the_reference_file() -> None:
 
 def test_the_package_does_not_read_the_reference_file() -> None:
     source = Path(policy_module.__file__).read_text()
+    assert REFERENCE_POLICY.name not in source
     assert "shared/reference" not in source
     assert "kmslocal" not in source
 

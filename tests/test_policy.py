@@ -4,52 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kmslocal.exceptions import KMSError
 from kmslocal.policy import Decision, Policy, Request, default_key_policy, parse_policy
+from tests.conftest import REFERENCE_POLICY
 
 ACCOUNT = "111111111111"
 OTHER = "222222222222"
 ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/cmek-platform"
 OTHER_ROLE = f"arn:aws:iam::{OTHER}:role/intruder"
-REFERENCE = Path("/work/shared/reference/provider-key-policy.json")
-REFERENCE_TEXT = (
-    REFERENCE.read_text()
-    if REFERENCE.exists()
-    else json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Id": "cmek-policy",
-            "Statement": [
-                {
-                    "Sid": "Allow use of the key",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": "arn:aws:iam::<ACCOUNT_ID>:root"},
-                    "Action": [
-                        "kms:Encrypt",
-                        "kms:Decrypt",
-                        "kms:GenerateDataKey*",
-                        "kms:DescribeKey",
-                    ],
-                    "Resource": "*",
-                },
-                {
-                    "Sid": "Allow attachment of persistent resources",
-                    "Effect": "Allow",
-                    "Principal": {"AWS": "arn:aws:iam::<ACCOUNT_ID>:root"},
-                    "Action": ["kms:CreateGrant", "kms:RevokeGrant"],
-                    "Resource": "*",
-                    "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
-                },
-            ],
-        }
-    )
-)
+REFERENCE_TEXT = REFERENCE_POLICY.read_text()
 
 
 def req(
