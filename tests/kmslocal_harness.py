@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,14 +33,42 @@ THIRD = ("arn:aws:iam::333333333333:role/stranger", "AKIAKMSLOCALTHIRD",
          "kmslocal-test-third-secret")
 ALL_PRINCIPALS = (PROVIDER, CUSTOMER, PROVIDER_OTHER, CUSTOMER_OTHER, THIRD)
 EVENT_SECRET = "test-event-secret-7f3a"
+Delivery = tuple[dict[str, str], dict[str, Any]]  # the request's headers, the event
+
+
+def event_name(event: dict[str, Any]) -> str:
+    """The API call's name, or the detail-type of KMS's own events."""
+    if event.get("detail-type") == "AWS API Call via CloudTrail":
+        return str(event["detail"].get("eventName"))
+    return str(event.get("detail-type"))
+
+
+def about(arn: str) -> Callable[[dict[str, Any]], bool]:
+    """Keeps the events about one key."""
+    return lambda event: arn in event.get("resources", [])
+
+
+def has_events(*names: str) -> Callable[[list[Delivery]], bool]:
+    """Done once each of ``names`` was delivered."""
+    return lambda got: set(names) <= {event_name(e) for _, e in got}
+
+
+def header(headers: dict[str, str], name: str = "X-Cmek-Event-Secret") -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
 
 
 class EventSink:
-    """An HTTP receiver standing in for the platform's /v1/key-events endpoint."""
+    """An HTTP receiver standing in for the platform's key-events endpoint.
 
-    def __init__(self) -> None:
+    The next ``fail_next`` deliveries are answered ``fail_status`` and recorded in
+    ``refused`` (status, event); the others are accepted and queued in ``events``.
+    """
+
+    def __init__(self, port: int = 0) -> None:
         self.events: queue.Queue[tuple[dict[str, str], dict[str, Any]]] = queue.Queue()
         self.fail_next = 0
+        self.fail_status = 503
+        self.refused: list[tuple[int, dict[str, Any]]] = []
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +76,8 @@ class EventSink:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if sink.fail_next > 0:
                     sink.fail_next -= 1
-                    self.send_response(503)
+                    sink.refused.append((sink.fail_status, json.loads(body)))
+                    self.send_response(sink.fail_status)
                     self.end_headers()
                     return
                 sink.events.put((dict(self.headers), json.loads(body)))
@@ -57,26 +87,38 @@ class EventSink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/key-events"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: close() waits for the serving loop to notice.
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
-    def wait_for(
-        self, predicate: Any, timeout: float = 10.0
-    ) -> tuple[dict[str, str], dict[str, Any]]:
-        """Wait for a matching delivery: waiting on an event, not on time passing."""
+    def collect(
+        self, done: Callable[[list[Delivery]], bool],
+        keep: Callable[[dict[str, Any]], bool] = lambda event: True, timeout: float = 10.0,
+    ) -> list[Delivery]:
+        """Deliveries that ``keep`` accepts, in arrival order, until ``done`` says enough;
+        the others are dropped. Waits on deliveries, not on time passing."""
+        got: list[Delivery] = []
         deadline = time.monotonic() + timeout
-        while True:
+        while not done(got):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError("no matching event was delivered")
+                names = [event_name(e) for _, e in got]
+                raise AssertionError(f"expected events were not delivered; got {names}")
             try:
                 headers, event = self.events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if predicate(event):
-                return headers, event
+            if keep(event):
+                got.append((headers, event))
+        return got
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+                 ) -> Delivery:
+        """The first delivery that matches."""
+        return self.collect(bool, predicate, timeout)[0]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -126,6 +168,17 @@ class KmsLocal:
 
     def advance(self, seconds: float) -> str:
         return str(self.dev_call("POST", "/_kmslocal/clock", {"advance_seconds": seconds})["now"])
+
+    def set_event_targets(self, targets: list[dict[str, Any]]) -> None:
+        """Replace the event targets registered at run time (the config file's stay).
+
+        Each is ``{"account", "url", "secret_header"?, "secret"?, "resources"?}``.
+        """
+        self.dev_call("PUT", "/_dev/event-targets", {"targets": targets})
+
+    def add_event_target(self, target: dict[str, Any]) -> None:
+        """Add one run-time event target, or replace the one with the same url."""
+        self.dev_call("POST", "/_dev/event-targets", target)
 
 
 def free_port() -> int:

@@ -6,9 +6,7 @@ The session ``event_sink`` receives the customer account's events from the share
 
 from __future__ import annotations
 
-import queue
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +18,17 @@ from tests.kmslocal_harness import (
     CUSTOMER,
     EVENT_SECRET,
     PROVIDER,
+    Delivery,
     EventSink,
     KmsLocal,
+    about,
+    event_name,
+    has_events,
+    header,
     write_config,
 )
 
 DAY = 86400
-Delivery = tuple[dict[str, str], dict[str, Any]]
-
-
-def _collect(
-    sink: EventSink, arn: str, done: Callable[[list[Delivery]], bool], timeout: float = 10.0
-) -> list[Delivery]:
-    """Deliveries naming ``arn``, in arrival order, until ``done`` says enough.
-
-    Reads the sink's queue the way ``EventSink.wait_for`` does (others' events are
-    dropped), but keeps every matching delivery with its headers.
-    """
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while not done(got):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            names = [_name(e) for _, e in got]
-            raise AssertionError(f"expected events were not delivered; got {names}")
-        try:
-            headers, event = sink.events.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if arn in event.get("resources", []):
-            got.append((headers, event))
-    return got
-
-
-def _name(event: dict[str, Any]) -> str:
-    if event.get("detail-type") == "AWS API Call via CloudTrail":
-        return str(event["detail"].get("eventName"))
-    return str(event.get("detail-type"))
-
-
-def _has(*names: str) -> Callable[[list[Delivery]], bool]:
-    return lambda got: set(names) <= {_name(e) for _, e in got}
-
-
-def _secret(headers: dict[str, str]) -> str | None:
-    return next((v for k, v in headers.items() if k.lower() == "x-cmek-event-secret"), None)
 
 
 def _rid(response: dict[str, Any]) -> str:
@@ -75,7 +39,7 @@ def _assert_api_event(
     delivery: Delivery, arn: str, operation: str, request_id: str
 ) -> None:
     headers, event = delivery
-    assert _secret(headers) == EVENT_SECRET
+    assert header(headers) == EVENT_SECRET
     assert event["source"] == "aws.kms"
     assert event["detail-type"] == "AWS API Call via CloudTrail"
     assert event["account"] == "222222222222"
@@ -115,8 +79,8 @@ def test_state_changing_calls_deliver_events(
     rids["ScheduleKeyDeletion"] = _rid(c.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7))
     rids["CancelKeyDeletion"] = _rid(c.cancel_key_deletion(KeyId=arn))
 
-    got = _collect(event_sink, arn, _has(*rids))
-    by_name = {_name(e): (h, e) for h, e in got}
+    got = event_sink.collect(has_events(*rids), about(arn))
+    by_name = {event_name(e): (h, e) for h, e in got}
     for operation, rid in rids.items():
         _assert_api_event(by_name[operation], arn, operation, rid)
     # CreateGrant is not among the events; every delivered event is a distinct event.
@@ -131,9 +95,11 @@ def test_deletion_at_window_end_delivers_cmk_deletion(
     key = kms.create_key()
     kms.customer.schedule_key_deletion(KeyId=key["Arn"], PendingWindowInDays=7)
     local.advance(7 * DAY + 60)
-    got = _collect(event_sink, key["Arn"], _has("ScheduleKeyDeletion", "KMS CMK Deletion"))
-    headers, event = next((h, e) for h, e in got if _name(e) == "KMS CMK Deletion")
-    assert _secret(headers) == EVENT_SECRET
+    got = event_sink.collect(
+        has_events("ScheduleKeyDeletion", "KMS CMK Deletion"), about(key["Arn"])
+    )
+    headers, event = next((h, e) for h, e in got if event_name(e) == "KMS CMK Deletion")
+    assert header(headers) == EVENT_SECRET
     assert event["source"] == "aws.kms"
     assert event["account"] == "222222222222"
     assert event["resources"] == [key["Arn"]]
@@ -165,9 +131,9 @@ def test_automatic_rotation_delivers_cmk_rotation(
     key = customer.create_key()["KeyMetadata"]
     customer.enable_key_rotation(KeyId=key["Arn"], RotationPeriodInDays=90)
     server.advance(91 * DAY)
-    got = _collect(sink, key["Arn"], _has("KMS CMK Rotation"))
-    headers, event = next((h, e) for h, e in got if _name(e) == "KMS CMK Rotation")
-    assert _secret(headers) == EVENT_SECRET
+    got = sink.collect(has_events("KMS CMK Rotation"), about(key["Arn"]))
+    headers, event = next((h, e) for h, e in got if event_name(e) == "KMS CMK Rotation")
+    assert header(headers) == EVENT_SECRET
     assert event["source"] == "aws.kms"
     assert event["account"] == "222222222222"
     assert event["resources"] == [key["Arn"]]
@@ -184,7 +150,7 @@ def test_failed_deliveries_are_retried(
     response = kms.customer.disable_key(KeyId=key["Arn"])
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
     assert kms.customer.describe_key(KeyId=key["Arn"])["KeyMetadata"]["KeyState"] == "Disabled"
-    got = _collect(event_sink, key["Arn"], _has("DisableKey"))
+    got = event_sink.collect(has_events("DisableKey"), about(key["Arn"]))
     _assert_api_event(got[-1], key["Arn"], "DisableKey", _rid(response))
     assert event_sink.fail_next == 0
 
@@ -204,8 +170,8 @@ def test_refused_calls_and_crypto_calls_deliver_no_event(
     assert caught.value.response["Error"]["Code"] == "KMSInvalidStateException"
     kms.customer.cancel_key_deletion(KeyId=arn)  # the marker: delivered after the rest
 
-    got = _collect(event_sink, arn, _has("CancelKeyDeletion"))
-    names = [_name(e) for _, e in got]
+    got = event_sink.collect(has_events("CancelKeyDeletion"), about(arn))
+    names = [event_name(e) for _, e in got]
     assert "DisableKey" not in names
     assert "Encrypt" not in names
     assert names == ["ScheduleKeyDeletion", "CancelKeyDeletion"]

@@ -42,7 +42,8 @@ def _dev_help(url: str, config: Config) -> str:
         "point boto3 at it:",
         f'  boto3.client("kms", endpoint_url="{url}", region_name="{config.region}",',
         '               aws_access_key_id=..., aws_secret_access_key=...)',
-        "dev controls: GET/POST /_kmslocal/clock, POST/DELETE /_kmslocal/faults",
+        "dev controls: GET/POST /_kmslocal/clock, POST/DELETE /_kmslocal/faults,",
+        "  GET/PUT/POST /_dev/event-targets",
     ]
     return "\n".join(lines)
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                        default=Path(os.environ.get("KMSLOCAL_DATA_DIR", ".kmslocal")))
     serve.add_argument("--config", type=Path, default=None)
     serve.add_argument("--dev", action="store_true",
-                       help="enable the clock and fault controls under /_kmslocal/")
+                       help="enable the clock, fault and event-target controls")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise

@@ -34,7 +34,7 @@ from kmslocal.exceptions import (
 from kmslocal.params import Params
 from kmslocal.policy import Decision, Policy, Request, default_key_policy, parse_policy
 from kmslocal.storage import GrantRow, KeyRow, Storage
-from kmslocal.trail import Trail
+from kmslocal.trail import Publish, Trail, no_events
 
 DAY = 86400.0
 
@@ -132,14 +132,14 @@ def material_id(key_id: str, version: int) -> str:
 class Backend:
     def __init__(
         self, storage: Storage, root_key: crypto.RootKey, clock: Clock, config: Config,
-        on_event: Callable[[], None] = lambda: None,
+        publish: Publish = no_events,
     ) -> None:
         self.storage = storage
         self.root_key = root_key
         self.clock = clock
         self.config = config
         self.region = config.region
-        self.trail = Trail(storage, config, on_event)
+        self.trail = Trail(storage, config, publish)
         self._policies: dict[str, Policy] = {}
         self._materials: dict[tuple[str, int], bytes] = {}
         self._ops: dict[str, Callable[[Call, Params], dict[str, Any]]] = {

@@ -22,8 +22,8 @@ from starlette.routing import Route
 
 from kmslocal import crypto
 from kmslocal.clock import Clock
-from kmslocal.config import Config
-from kmslocal.events import Delivery
+from kmslocal.config import Config, ConfigError
+from kmslocal.events import Delivery, EventTargets
 from kmslocal.faults import Faults, FaultSpecError
 from kmslocal.faults import parse as parse_fault
 from kmslocal.models import Backend
@@ -41,6 +41,7 @@ class Service:
     clock: Clock
     backend: Backend
     delivery: Delivery
+    targets: EventTargets
     faults: Faults | None
 
 
@@ -49,14 +50,16 @@ def open_service(data_dir: Path, config: Config, dev: bool) -> Service:
     storage = Storage(data_dir / "kmslocal.sqlite3")
     offset = float(storage.get_meta("clock_offset") or 0.0)
     clock = Clock(offset)
-    delivery = Delivery(storage, config)
+    targets = EventTargets(config, storage)
+    delivery = Delivery(storage, targets)
     backend = Backend(storage, crypto.RootKey(data_dir / "root.key"), clock, config,
-                      delivery.notify)
-    return Service(storage, clock, backend, delivery, Faults() if dev else None)
+                      delivery.publish)
+    return Service(storage, clock, backend, delivery, targets, Faults() if dev else None)
 
 
-def _bad(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=400)
+def _bad(message: str, code: str | None = None) -> JSONResponse:
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return JSONResponse(body, status_code=400)
 
 
 async def _json_body(request: Request) -> Any:
@@ -99,6 +102,17 @@ def create_app(service: Service, dev: bool) -> Starlette:
         service.faults.add(fault)
         return JSONResponse({"faults": [f.describe() for f in service.faults.active]})
 
+    async def event_targets(request: Request) -> Response:
+        """The stand-in for EventBridge PutRule/PutTargets: PUT replaces the run-time
+        targets, POST adds or replaces one; the config file's stay in effect."""
+        if request.method != "GET":
+            change = service.targets.replace if request.method == "PUT" else service.targets.add
+            try:
+                change(await _json_body(request))
+            except ConfigError as e:
+                return _bad(str(e), "invalid_event_target")
+        return JSONResponse(service.targets.listing())
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async def ticker() -> None:
@@ -130,5 +144,6 @@ def create_app(service: Service, dev: bool) -> Starlette:
         routes += [
             Route("/_kmslocal/clock", clock, methods=["GET", "POST"]),
             Route("/_kmslocal/faults", faults, methods=["POST", "DELETE"]),
+            Route("/_dev/event-targets", event_targets, methods=["GET", "PUT", "POST"]),
         ]
     return Starlette(routes=routes, lifespan=lifespan)

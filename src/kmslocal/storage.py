@@ -1,4 +1,5 @@
-"""SQLite persistence: keys, material, aliases, grants, tags, usage log, event outbox.
+"""SQLite persistence: keys, material, aliases, grants, tags, usage log, event outbox and
+the event targets registered at run time.
 
 One connection, used from the event loop's thread only; each API call runs in one
 transaction, so a refused call changes nothing.
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from kmslocal.config import EventTarget
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -52,6 +55,10 @@ CREATE INDEX IF NOT EXISTS trail_account ON trail (account, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, body TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_targets (
+    position INTEGER PRIMARY KEY, account TEXT NOT NULL, url TEXT NOT NULL UNIQUE,
+    secret_header TEXT NOT NULL, secret TEXT NOT NULL, resources TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -350,4 +357,27 @@ class Storage:
         self.db.execute(
             "UPDATE outbox SET attempts=?, next_attempt=? WHERE id=?",
             (attempts, next_attempt, event_row),
+        )
+
+    # --- event targets registered at run time ----------------------------------------
+    def event_targets(self) -> list[EventTarget]:
+        rows = self.db.execute(
+            "SELECT account, url, secret_header, secret, resources FROM event_targets "
+            "ORDER BY position"
+        )
+        return [
+            EventTarget(str(a), str(u), str(h), str(s), tuple(json.loads(r)) if r else ())
+            for a, u, h, s, r in rows
+        ]
+
+    def replace_event_targets(self, targets: list[EventTarget]) -> None:
+        self.db.execute("DELETE FROM event_targets")
+        self.db.executemany(
+            "INSERT INTO event_targets (position, account, url, secret_header, secret, "
+            "resources) VALUES (?,?,?,?,?,?)",
+            [
+                (i, t.account, t.url, t.secret_header, t.secret,
+                 json.dumps(t.resources) if t.resources else None)
+                for i, t in enumerate(targets)
+            ],
         )

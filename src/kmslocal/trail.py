@@ -3,7 +3,7 @@
 Each record is stored once per account that may see it: the caller's account always,
 and the owner account of every key the call named, so a customer sees every use of
 its keys, cross-account calls included. State-changing calls and scheduled deletion
-and rotation are also queued as EventBridge events for the owner's event targets.
+and rotation are also published as EventBridge events about the owner's keys.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kmslocal.clock import iso
@@ -35,6 +35,14 @@ _LOOKUP_COLUMNS = {
 }
 _UNSUPPORTED_LOOKUPS = ("EventSource", "ResourceType")
 
+# Publishes one event (account, its resources, the event as JSON) to the targets that
+# want it, inside the transaction of the call or scheduled work that caused it.
+Publish = Callable[[str, Sequence[str], str], None]
+
+
+def no_events(account: str, resources: Sequence[str], event: str) -> None:
+    """Publish nowhere."""
+
 
 def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
@@ -55,10 +63,10 @@ def _response_elements(result: Mapping[str, Any] | None) -> dict[str, Any] | Non
 
 
 class Trail:
-    def __init__(self, storage: Storage, config: Config, on_event: Callable[[], None]) -> None:
+    def __init__(self, storage: Storage, config: Config, publish: Publish) -> None:
         self.storage = storage
         self.config = config
-        self.on_event = on_event
+        self.publish = publish
 
     def record_call(
         self, caller: Caller, operation: str, request_id: str, now: float,
@@ -149,17 +157,12 @@ class Trail:
         self, account: str, detail_type: str, when: float, resources: list[str],
         detail: dict[str, Any],
     ) -> None:
-        targets = [t for t in self.config.event_targets if t.account == account]
-        if not targets:
-            return
         event = json.dumps({
             "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type,
             "source": "aws.kms", "account": account, "time": iso(when),
             "region": self.config.region, "resources": resources, "detail": detail,
         })
-        for target in targets:
-            self.storage.enqueue_event(target.url, event, 0.0)
-        self.on_event()
+        self.publish(account, resources, event)
 
     # --- CloudTrail LookupEvents ----------------------------------------------------
     def lookup(self, caller_arn: str, raw: Mapping[str, Any], now: float) -> dict[str, Any]:
