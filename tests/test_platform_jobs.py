@@ -60,7 +60,11 @@ def test_schedules_run_on_the_platform_clock(platform: PlatformProcess, tenant: 
         assert missing.status_code == 404
         assert c.get(f"{base}/schedules/{ok['schedule_id']}/runs").json()["runs"] == []
         c.post("/_dev/clock", json={"advance_seconds": 3601})
-        assert c.post("/_dev/jobs/run").json()["ran"] >= 2
+        # The platform's own job loop may run the due slots before this call does. A
+        # tenant's schedules run one pass at a time, so this call either runs them or
+        # waits for the pass under way: either way each slot has run once when it
+        # returns, and "ran" (its own count) says nothing about who ran them.
+        assert c.post("/_dev/jobs/run").status_code == 200
         runs = c.get(f"{base}/schedules/{ok['schedule_id']}/runs").json()["runs"]
         assert [r["status"] for r in runs] == ["succeeded"]
         failed = c.get(f"{base}/schedules/{bad['schedule_id']}/runs").json()["runs"]
@@ -68,6 +72,7 @@ def test_schedules_run_on_the_platform_clock(platform: PlatformProcess, tenant: 
                                                                      "warehouse_error")]
         c.post("/_dev/jobs/run")  # not due again until another hour passes
         assert len(c.get(f"{base}/schedules/{ok['schedule_id']}/runs").json()["runs"]) == 1
+        assert len(c.get(f"{base}/schedules/{bad['schedule_id']}/runs").json()["runs"]) == 1
 
 
 def test_backup_and_restore(platform: PlatformProcess, tenant: str) -> None:
