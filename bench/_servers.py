@@ -43,7 +43,7 @@ PROVIDER_ARN = "arn:aws:iam::111111111111:role/cmek-platform"
 CUSTOMER_ARN = "arn:aws:iam::222222222222:user/key-admin"
 REGION = "us-west-2"
 OPERATOR_TOKEN = "bench-operator-token-0123456789"
-EVENT_SECRET = "bench-event-secret-0123456789"
+INTEGRITY_KEY = "bench-integrity-key-0123456789abcdef01234567"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -143,35 +143,43 @@ def platform_env(kms_url: str, data_dir: Path, **settings: str) -> dict[str, str
     return clean_env() | {
         "AWS_EC2_METADATA_DISABLED": "true", "CMEK_DATA_DIR": str(data_dir),
         "CMEK_KMS_ENDPOINT_URL": kms_url, "CMEK_KMS_REGION": REGION,
-        "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
+        "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_INTEGRITY_KEY": INTEGRITY_KEY,
         "AWS_ACCESS_KEY_ID": PROVIDER[0], "AWS_SECRET_ACCESS_KEY": PROVIDER[1], **settings,
     }
 
 
-def kmslocal_config(path: Path, event_url: str | None) -> Path:
+def kmslocal_config(path: Path) -> Path:
     lines = [f'region = "{REGION}"', ""]
     for arn, (akid, secret) in ((PROVIDER_ARN, PROVIDER), (CUSTOMER_ARN, CUSTOMER)):
         lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
                   f'secret_access_key = "{secret}"', ""]
-    if event_url:
-        lines += ["[[event_targets]]", 'account = "222222222222"', f'url = "{event_url}"',
-                  'secret_header = "X-Cmek-Event-Secret"', f'secret = "{EVENT_SECRET}"', ""]
     path.write_text("\n".join(lines))
     return path
 
 
+def subscribe(kms_url: str, platform_url: str, tenant: str, key_arn: str) -> None:
+    """Key events of the tenant's key to the tenant's endpoint, with its own secret: as
+    the customer's EventBridge rule and API destination would send them."""
+    with httpx.Client(timeout=30, trust_env=False) as c:
+        secret = check(c.post(f"{platform_url}/v1/tenants/{tenant}/key-events/credential",
+                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}),
+                       201)["secret"]
+        check(c.post(f"{kms_url}/_kmslocal/event-targets", json={
+            "account": key_arn.split(":")[4], "resources": [key_arn],
+            "url": f"{platform_url}/v1/tenants/{tenant}/key-events",
+            "secret_header": "X-Cmek-Event-Secret", "secret": secret}))
+
+
 @contextmanager
-def stack(base: Path, *, events: bool, **settings: str) -> Iterator[tuple[Server, Server]]:
-    """(kmslocal, platform), both with ``--dev``; with ``events`` kmslocal forwards the
-    customer's key events to the platform, whose port is chosen first for that."""
-    port = free_port()
-    event_url = f"http://127.0.0.1:{port}/v1/key-events" if events else None
-    config = kmslocal_config(base / "kmslocal.toml", event_url)
+def stack(base: Path, **settings: str) -> Iterator[tuple[Server, Server]]:
+    """(kmslocal, platform), both with ``--dev``; ``subscribe`` then sends a tenant's
+    key events to the platform."""
+    config = kmslocal_config(base / "kmslocal.toml")
     (base / "kms").mkdir()
     kms_cmd = [sys.executable, "-m", "kmslocal.cli", "serve", "--port", "0", "--data-dir",
                str(base / "kms"), "--config", str(config), "--dev"]
     with spawn(kms_cmd, clean_env(), "kmslocal listening on ") as kms:
-        cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", str(port), "--dev"]
+        cmd = [sys.executable, "-m", "cmek.cli", "serve", "--port", "0", "--dev"]
         env = platform_env(kms.url, base / "platform", **settings)
         with spawn(cmd, env, "cmek listening on ") as platform:
             yield kms, platform

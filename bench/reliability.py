@@ -25,7 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_faults.py", "tests/test_crash.py", "tests/test_fuzz_parsers.py",
-         "tests/test_fuzz_api.py", "tests/test_isolation.py", "tests/test_web.py"]
+         "tests/test_fuzz_api.py", "tests/test_isolation.py", "tests/test_web.py",
+         "tests/test_tenant_attacks.py", "tests/test_lock_under_load.py"]
 # (kind, metric, label, must be zero)
 ROWS: list[tuple[str, str, str, bool]] = [
     ("faults", "injected", "KMS fault scenarios injected", False),
@@ -48,6 +49,18 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("isolation", "probes", "cross-tenant and auth probes tried", False),
     ("isolation", "leaks", "probes that returned another tenant's data or got in", True),
     ("isolation", "log_scan_values", "planted secrets searched for in logs and files", False),
+    ("attacks", "refused", "attacks of a tenant admin or a database insider tried, each refused",
+     False),
+    ("locks", "cycles", "lock and restore cycles under 8 concurrent readers", False),
+    ("locks", "requests", "requests sent during them", False),
+    ("locks", "served", "served (2xx)", False),
+    ("locks", "refused_key_unavailable", "refused 423 tenant_key_unavailable", False),
+    ("locks", "refused_session_ended", "refused 401: a session the lock ended (signed in again)",
+     False),
+    ("locks", "refused_otherwise", "refused with any other code", True),
+    ("locks", "answered_5xx", "answered 5xx", True),
+    ("locks", "data_after_lock_observed",
+     "requests started after the lock was observed that returned data", True),
 ]
 SOAK_ROWS: list[tuple[str, str, bool]] = [
     ("requests", "requests sent", False),

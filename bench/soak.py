@@ -1,8 +1,8 @@
 """Soak: the platform under steady load while customers cut and return their keys.
 
 kmslocal (``--dev``) and ``cmek serve --dev`` run as their own processes in a temporary
-directory, wired as in production: kmslocal forwards the customer account's key events
-to the platform's ``POST /v1/key-events``, and the platform also polls each key every
+directory, wired as in production: kmslocal forwards each key's events to its tenant's
+``POST /v1/tenants/{tenant}/key-events``, and the platform also polls each key every
 ``CMEK_CHECK_INTERVAL`` (5 s, the default). Five tenants each get a customer key of their
 own. For ``--minutes`` (default 10):
 
@@ -72,6 +72,7 @@ from _servers import (
     error_code,
     percentile,
     stack,
+    subscribe,
     write_results,
 )
 
@@ -461,6 +462,7 @@ def provision(kms_url: str, url: str) -> dict[str, str]:
                                              "admin_password": PASSWORD})
             if r.status_code != 201:
                 raise SystemExit(f"provisioning {tenant}: {r.status_code} {r.text}")
+            subscribe(kms_url, url, tenant, arn)
             keys[tenant] = arn
     return keys
 
@@ -606,7 +608,7 @@ def main() -> int:
     warmup = min(30.0, duration * 0.1)
     tally = Tally()
     with tempfile.TemporaryDirectory() as tmp, \
-            stack(Path(tmp), events=True, CMEK_CHECK_INTERVAL="5",
+            stack(Path(tmp), CMEK_CHECK_INTERVAL="5",
                   CMEK_BACKUP_INTERVAL=str(args.backup_interval)) as (kms, platform):
         pids = {"platform": platform.proc.pid, "kmslocal": kms.proc.pid}
         keys = provision(kms.url, platform.url)

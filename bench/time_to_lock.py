@@ -3,8 +3,9 @@
 kmslocal and ``cmek serve --dev`` run as their own processes in a temporary directory, in
 two modes:
 
-- events:  kmslocal forwards the customer account's key events to the platform
-           (``POST /v1/key-events``); polling is effectively off (CMEK_CHECK_INTERVAL=3600).
+- events:  kmslocal forwards the key's events to the tenant's endpoint
+           (``POST /v1/tenants/{tenant}/key-events``); polling is effectively off
+           (CMEK_CHECK_INTERVAL=3600).
 - polling: no event target; the platform polls each key every CMEK_CHECK_INTERVAL=1 s.
 
 One tenant per mode, one stored object. Each trial:
@@ -48,6 +49,7 @@ from _servers import (
     error_code,
     percentile,
     stack,
+    subscribe,
     write_results,
 )
 
@@ -128,8 +130,8 @@ def run_mode(name: str, trials: int) -> dict[str, Any]:
     probes = {"lock": 0, "restore": 0}
     odd: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as tmp, \
-            stack(Path(tmp), events=bool(mode["events"]),
-                  CMEK_CHECK_INTERVAL=str(mode["check_interval"]), CMEK_BACKUP_INTERVAL="0") \
+            stack(Path(tmp), CMEK_CHECK_INTERVAL=str(mode["check_interval"]),
+                  CMEK_BACKUP_INTERVAL="0") \
             as (kms_server, platform), \
             httpx.Client(base_url=platform.url, timeout=30, trust_env=False) as c:
         kms = boto3.client("kms", endpoint_url=kms_server.url, region_name=REGION,
@@ -137,6 +139,8 @@ def run_mode(name: str, trials: int) -> dict[str, Any]:
                            config=BotoConfig(retries={"total_max_attempts": 1,
                                                       "mode": "standard"}))
         key_arn, token = setup_tenant(kms, c)
+        if mode["events"]:
+            subscribe(kms_server.url, platform.url, TENANT, key_arn)
         for i in range(trials):
             kms.disable_key(KeyId=key_arn)
             seconds, n = until_locked(c, token, time.perf_counter(), odd)

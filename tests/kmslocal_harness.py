@@ -174,11 +174,11 @@ class KmsLocal:
 
         Each is ``{"account", "url", "secret_header"?, "secret"?, "resources"?}``.
         """
-        self.dev_call("PUT", "/_dev/event-targets", {"targets": targets})
+        self.dev_call("PUT", "/_kmslocal/event-targets", {"targets": targets})
 
     def add_event_target(self, target: dict[str, Any]) -> None:
         """Add one run-time event target, or replace the one with the same url."""
-        self.dev_call("POST", "/_dev/event-targets", target)
+        self.dev_call("POST", "/_kmslocal/event-targets", target)
 
 
 def free_port() -> int:

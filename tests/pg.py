@@ -15,8 +15,10 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 
 def _free_port() -> int:
@@ -34,8 +36,11 @@ def _binaries() -> str | None:
 
 
 @contextmanager
-def throwaway_cluster() -> Iterator[str | None]:
-    """Yields an admin URL, or None with no local PostgreSQL binaries."""
+def throwaway_cluster(*, tls: tuple[Path, Path] | None = None,
+                      password: str | None = None) -> Iterator[str | None]:
+    """Yields an admin URL, or None with no local PostgreSQL binaries. ``tls``: the
+    server's certificate and key files, to speak TLS; ``password``: TCP logins need it,
+    as SCRAM (the socket stays trusted, for setting it)."""
     bindir = _binaries()
     if bindir is None:
         yield None
@@ -52,15 +57,32 @@ def throwaway_cluster() -> Iterator[str | None]:
         run_as = ["runuser", "-u", user, "--"]
     datadir = os.path.join(workdir, "data")
     port = _free_port()
-    subprocess.run([*run_as, f"{bindir}/initdb", "-D", datadir, "-U", "postgres",
-                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    auth = ["--auth-local=trust", "--auth-host=scram-sha-256"] if password else ["--auth=trust"]
+    subprocess.run([*run_as, f"{bindir}/initdb", "-D", datadir, "-U", "postgres", *auth,
+                    "-E", "UTF8"], check=True, capture_output=True)
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    if tls is not None:
+        for source, name in zip(tls, ("server.crt", "server.key"), strict=True):
+            target = os.path.join(workdir, name)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            if run_as:
+                os.chown(target, os.stat(workdir).st_uid, os.stat(workdir).st_gid)
+        options += (f" -c ssl=on -c ssl_cert_file={workdir}/server.crt"
+                    f" -c ssl_key_file={workdir}/server.key")
     subprocess.run(
         [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-w", "-l", f"{workdir}/log", "-o",
-         f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+         options, "start"],
         check=True, capture_output=True,
     )
+    login = "postgres"
+    if password:
+        with psycopg.connect(host=workdir, port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(password))
+        login = f"postgres:{password}"
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://{login}@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "stop"],
                        capture_output=True)

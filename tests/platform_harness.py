@@ -19,7 +19,7 @@ import httpx
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal, spawn, stop
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"
-EVENT_SECRET = "test-event-secret-0123456789"
+INTEGRITY_KEY = "test-integrity-key-0123456789abcdef0123456789"
 PROVIDER_ACCOUNT = "111111111111"
 CUSTOMER_ROOT = "arn:aws:iam::222222222222:root"
 
@@ -46,6 +46,7 @@ class PlatformProcess:
     kms: KmsLocal
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    key_events: bool = False  # each tenant provisioned here gets kmslocal's key events
     url: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
@@ -55,7 +56,7 @@ class PlatformProcess:
             "PATH": os.environ.get("PATH", ""), "HOME": str(self.data_dir),
             "PYTHONUNBUFFERED": "1", "CMEK_DATA_DIR": str(self.data_dir),
             "CMEK_KMS_ENDPOINT_URL": self.kms.url, "CMEK_KMS_REGION": REGION,
-            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_EVENT_SECRET": EVENT_SECRET,
+            "CMEK_OPERATOR_TOKEN": OPERATOR_TOKEN, "CMEK_INTEGRITY_KEY": INTEGRITY_KEY,
             "AWS_ACCESS_KEY_ID": PROVIDER[1], "AWS_SECRET_ACCESS_KEY": PROVIDER[2],
             "AWS_EC2_METADATA_DISABLED": "true", **self.extra_env,
         }
@@ -68,6 +69,12 @@ class PlatformProcess:
     def stop(self) -> None:
         stop(self.process)
         self.process = None
+
+    def warehouse_file(self, tenant: str, name: str = "wh.duckdb") -> Path:
+        """Where a tenant's DuckDB file goes: its own warehouse folder on the platform, the
+        only files its connections can name (``{"path": name}``)."""
+        root = self.extra_env.get("CMEK_WAREHOUSE_DIR") or self.data_dir / "warehouses"
+        return Path(root) / tenant / name
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -82,7 +89,25 @@ class PlatformProcess:
             r = op.post("/v1/tenants", json={"tenant_id": tenant, "kms_key_arn": key_arn,
                                               "admin_email": email, "admin_password": password})
         assert r.status_code == 201, r.text
+        if self.key_events:
+            self.subscribe(tenant, key_arn)
         return dict(r.json())
+
+    def event_secret(self, tenant: str) -> str:
+        """A new event secret for the tenant (the previous one stops working)."""
+        with self.operator() as op:
+            r = op.post(f"/v1/tenants/{tenant}/key-events/credential")
+        assert r.status_code == 201, r.text
+        return str(r.json()["secret"])
+
+    def subscribe(self, tenant: str, key_arn: str) -> str:
+        """kmslocal sends the events of the tenant's key, and only those, to the tenant's
+        endpoint with its secret: as the customer's EventBridge rule would."""
+        secret = self.event_secret(tenant)
+        self.kms.add_event_target({
+            "account": key_arn.split(":")[4], "url": f"{self.url}/v1/tenants/{tenant}/key-events",
+            "secret_header": "X-Cmek-Event-Secret", "secret": secret, "resources": [key_arn]})
+        return secret
 
     def new_tenant(self, kms: KmsLocal) -> str:
         """A freshly provisioned tenant with a key of its own."""

@@ -14,7 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "audit": set(),
     "keyring": {"kms", "crypto", "audit"},
     "stores": {"keyring", "crypto", "kms", "audit"},
-    "lifecycle": {"keyring", "stores", "kms", "audit"},
+    "lifecycle": {"keyring", "stores", "crypto", "kms", "audit"},
     "customer": {"kms"},
     "platform": {"lifecycle", "stores", "keyring", "crypto", "kms", "audit", "customer"},
 }

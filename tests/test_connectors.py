@@ -1,4 +1,6 @@
-"""Warehouse connectors: read-only SQL against a tenant's DuckDB file or PostgreSQL database.
+"""Warehouse engines: read-only SQL against a tenant's DuckDB file or PostgreSQL database,
+run here in the test process (the platform runs them in a query process of their own:
+tests/test_warehouse_sandbox.py), and the validation of a stored connection.
 
 Every refusal is checked twice: the error code, and that the warehouse is unchanged.
 A PostgreSQL database that does not exist is ``invalid_connection`` (the stored config is wrong).
@@ -19,16 +21,17 @@ import psycopg
 import pytest
 
 from cmek.errors import CmekError, InvalidInput
-from cmek.platform import connectors
-from cmek.platform.connectors import (
+from cmek.platform.warehouse import engines
+from cmek.platform.warehouse.connections import Target, validate_connection
+from cmek.platform.warehouse.engines import QueryLimits, QueryResult, execute
+from cmek.platform.warehouse.errors import (
     ConnectorError,
     InvalidConnection,
-    QueryResult,
+    QueryTimeout,
     SqlNotReadOnly,
     WarehouseAuthFailed,
+    WarehouseNotVerified,
     WarehouseUnreachable,
-    run_query,
-    validate_connection,
 )
 
 SECRET = "Pl4nted-S3cret-pw"
@@ -80,8 +83,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def duck(path: Path, sql: str, **kwargs: Any) -> QueryResult:
-    return run_query("duckdb", {"path": str(path)}, {}, sql, **kwargs)
+def duck(path: Path, sql: str, **limits: Any) -> QueryResult:
+    return execute(Target("duckdb", path=str(path)), sql, QueryLimits(**limits))
 
 
 def test_duckdb_select_rows_columns_and_types(warehouse: Path) -> None:
@@ -141,7 +144,11 @@ def test_duckdb_truncates_at_max_rows(warehouse: Path) -> None:
     "INSTALL httpfs",
     "CHECKPOINT",
     "BEGIN TRANSACTION",
-    "EXPLAIN ANALYZE INSERT INTO orders VALUES (9, NULL, NULL, NULL)",  # the engine refuses
+    "EXPLAIN ANALYZE INSERT INTO orders VALUES (9, NULL, NULL, NULL)",
+    "EXPLAIN ANALYZE COPY orders TO 'out.csv'",  # EXPLAIN runs what it wraps: refused
+    "EXPLAIN SELECT * FROM orders",
+    "CALL pragma_version()",
+    "PIVOT orders ON note",
     "-- only a comment",
 ])
 def test_duckdb_refuses_anything_but_one_read(warehouse: Path, sql: str) -> None:
@@ -155,7 +162,7 @@ def test_duckdb_refuses_anything_but_one_read(warehouse: Path, sql: str) -> None
     assert not (warehouse.parent / "dump").exists()
 
 
-@pytest.mark.parametrize("sql", ["SHOW TABLES", "DESCRIBE orders", "EXPLAIN SELECT * FROM orders",
+@pytest.mark.parametrize("sql", ["SHOW TABLES", "DESCRIBE orders", "SUMMARIZE orders",
                                  "FROM orders", "WITH x AS (SELECT 1 AS a) SELECT * FROM x",
                                  "  select 1 ;  ", "/* c */ SELECT 1"])
 def test_duckdb_allows_read_statements(warehouse: Path, sql: str) -> None:
@@ -185,9 +192,9 @@ def test_duckdb_sql_errors_are_warehouse_errors(warehouse: Path, sql: str, fragm
 
 def test_duckdb_timeout_interrupts_the_query(warehouse: Path) -> None:
     started = time.monotonic()
-    with pytest.raises(ConnectorError) as info:
-        duck(warehouse, "SELECT sum(i * i) FROM range(100000000000) r(i)", timeout_s=0.2)
-    assert _code(info.value) == "warehouse_error"
+    with pytest.raises(QueryTimeout) as info:
+        duck(warehouse, "SELECT sum(i * i) FROM range(100000000000) r(i)", wall_seconds=0.2)
+    assert _code(info.value) == "query_timeout"
     assert "timeout" in str(info.value)
     assert time.monotonic() - started < 10
 
@@ -197,8 +204,6 @@ def test_duckdb_missing_or_foreign_file_is_invalid_connection(tmp_path: Path) ->
     with pytest.raises(InvalidConnection) as info:
         duck(missing, "SELECT 1")
     assert _code(info.value) == "invalid_connection"
-    with pytest.raises(InvalidConnection):
-        validate_connection("duckdb", {"path": str(missing)}, {})
     assert not missing.exists()  # a read-only open must not create it
     foreign = tmp_path / "notes.duckdb"
     foreign.write_text("not a database")
@@ -218,7 +223,7 @@ def test_sql_size_limits(warehouse: Path) -> None:
 
 # --- validation ---------------------------------------------------------------------------
 
-PG_CONFIG = {"host": "127.0.0.1", "port": 5432, "database": "wh"}
+PG_CONFIG = {"host": "db.example.com", "port": 5432, "database": "wh"}
 PG_CREDS = {"user": "reader", "password": SECRET}
 
 
@@ -236,7 +241,21 @@ PG_CREDS = {"user": "reader", "password": SECRET}
     ("postgres", {**PG_CONFIG, "port": True}, PG_CREDS, "config.port"),
     ("postgres", {**PG_CONFIG, "port": 0}, PG_CREDS, "config.port"),
     ("postgres", {**PG_CONFIG, "port": 65536}, PG_CREDS, "config.port"),
-    ("postgres", {**PG_CONFIG, "sslmode": "verify-full"}, PG_CREDS, "config.sslmode"),
+    ("postgres", {**PG_CONFIG, "sslmode": "prefer"}, PG_CREDS, "config.sslmode"),
+    ("postgres", {**PG_CONFIG, "sslmode": "allow"}, PG_CREDS, "config.sslmode"),
+    ("postgres", {**PG_CONFIG, "sslmode": "verify-ca"}, PG_CREDS, "config.ca_pem"),
+    ("postgres", {**PG_CONFIG, "sslmode": "require", "ca_pem": "x"}, PG_CREDS, "config.ca_pem"),
+    ("postgres", {**PG_CONFIG, "ca_pem": "not a certificate"}, PG_CREDS, "config.ca_pem"),
+    ("postgres", {**PG_CONFIG, "host": "/var/run/postgresql"}, PG_CREDS, "config.host"),
+    ("postgres", {**PG_CONFIG, "host": "@abstract"}, PG_CREDS, "config.host"),
+    ("postgres", {**PG_CONFIG, "host": "a.example.com,b.example.com"}, PG_CREDS, "config.host"),
+    ("postgres", {**PG_CONFIG, "host": "db.example.com:5432"}, PG_CREDS, "config.host"),
+    ("postgres", {**PG_CONFIG, "host": "fe80::1%eth0"}, PG_CREDS, "config.host"),
+    ("postgres", {**PG_CONFIG, "database": "wh\r\nX-Injected: 1"}, PG_CREDS,
+     "config.database"),
+    ("postgres", PG_CONFIG, {"user": "reader\nx", "password": SECRET}, "credentials.user"),
+    ("postgres", PG_CONFIG, {"user": "reader", "password": "pw\x00"}, "credentials.password"),
+    ("postgres", PG_CONFIG, {"user": "reader", "password": "pw\x85"}, "credentials.password"),
     ("postgres", PG_CONFIG, {"password": SECRET}, "credentials.user"),
     ("postgres", PG_CONFIG, {"user": "reader"}, "credentials.password"),
     ("postgres", PG_CONFIG, {"user": "", "password": SECRET}, "credentials.user"),
@@ -244,10 +263,16 @@ PG_CREDS = {"user": "reader", "password": SECRET}
     ("postgres", PG_CONFIG, {**PG_CREDS, "token": SECRET}, "credentials.token"),
     ("postgres", PG_CONFIG, [SECRET], "credentials"),
     ("duckdb", {}, {}, "config.path"),
-    ("duckdb", {"path": "relative/warehouse.duckdb"}, {}, "config.path"),
+    ("duckdb", {"path": "/etc/passwd"}, {}, "config.path"),
+    ("duckdb", {"path": "../other-tenant/wh.duckdb"}, {}, "config.path"),
+    ("duckdb", {"path": "a/../../b.duckdb"}, {}, "config.path"),
+    ("duckdb", {"path": ".hidden.duckdb"}, {}, "config.path"),
+    ("duckdb", {"path": "a//b.duckdb"}, {}, "config.path"),
+    ("duckdb", {"path": "wh.duckdb\n"}, {}, "config.path"),
     ("duckdb", {"path": 7}, {}, "config.path"),
-    ("duckdb", {"path": "/x.duckdb", "password": SECRET}, {}, "config.password"),
-    ("duckdb", {"path": "/x.duckdb"}, SECRET, "credentials"),
+    ("duckdb", {"path": "x.duckdb", "password": SECRET}, {}, "config.password"),
+    ("duckdb", {"path": "x.duckdb"}, SECRET, "credentials"),
+    ("duckdb", {"path": "x.duckdb"}, {"user": SECRET}, "credentials.user"),
 ])
 def test_validate_connection_names_the_bad_field(kind: str, config: Any, credentials: Any,
                                                  field: str) -> None:
@@ -259,12 +284,17 @@ def test_validate_connection_names_the_bad_field(kind: str, config: Any, credent
     assert SECRET not in message
 
 
-def test_validate_connection_accepts_good_connections(warehouse: Path) -> None:
-    validate_connection("duckdb", {"path": str(warehouse)}, {})
-    validate_connection("postgres", {"host": "db.example.com", "database": "wh"}, PG_CREDS)
-    for mode in ("disable", "prefer", "require"):
-        validate_connection("postgres", {**PG_CONFIG, "sslmode": mode},
-                            {"user": "reader", "password": ""})
+def test_validate_connection_accepts_good_connections() -> None:
+    assert validate_connection("duckdb", {"path": "sales/2024.duckdb"}, {}) == {
+        "path": "sales/2024.duckdb"}
+    assert validate_connection("postgres", {"host": "db.example.com", "database": "wh"},
+                               PG_CREDS) == {"host": "db.example.com", "port": 5432,
+                                             "database": "wh", "sslmode": "verify-full"}
+    for mode in ("disable", "require", "verify-full"):
+        stored = validate_connection("postgres", {**PG_CONFIG, "sslmode": mode},
+                                     {"user": "reader", "password": ""})
+        assert stored["sslmode"] == mode  # a weaker mode only as the tenant's own choice
+    assert validate_connection("postgres", {**PG_CONFIG, "host": "2001:db8::7"}, PG_CREDS)
 
 
 @pytest.mark.parametrize(("sql", "allowed"), [
@@ -288,10 +318,10 @@ def test_validate_connection_accepts_good_connections(warehouse: Path) -> None:
 ])
 def test_postgres_statement_check(sql: str, allowed: bool) -> None:
     if allowed:
-        connectors._pg_check(sql)
+        engines.pg_check(sql)
     else:
         with pytest.raises(SqlNotReadOnly):
-            connectors._pg_check(sql)
+            engines.pg_check(sql)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -325,9 +355,19 @@ def _pg_state(url: str) -> tuple[Any, ...]:
     return (*row, tables[0])
 
 
-def pgq(pg: tuple[dict[str, Any], dict[str, Any], str], sql: str, **kwargs: Any) -> QueryResult:
+def run_pg(config: dict[str, Any], credentials: dict[str, Any], sql: str,
+           **limits: Any) -> QueryResult:
+    """The test server speaks no TLS: its connections choose ``disable`` explicitly."""
+    target = Target("postgres", host=str(config["host"]), hostaddr="127.0.0.1",
+                    port=int(config.get("port", 5432)), database=str(config["database"]),
+                    user=str(credentials["user"]), password=str(credentials["password"]),
+                    sslmode=str(config.get("sslmode", "disable")))
+    return execute(target, sql, QueryLimits(**limits))
+
+
+def pgq(pg: tuple[dict[str, Any], dict[str, Any], str], sql: str, **limits: Any) -> QueryResult:
     config, credentials, _ = pg
-    return run_query("postgres", config, credentials, sql, **kwargs)
+    return run_pg(config, credentials, sql, **limits)
 
 
 def test_postgres_select(pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
@@ -387,7 +427,7 @@ def test_postgres_refuses_writes(pg: tuple[dict[str, Any], dict[str, Any], str],
 def test_postgres_engine_refuses_writes_the_check_missed(
         pg: tuple[dict[str, Any], dict[str, Any], str], sql: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connectors, "_pg_check", lambda sql: None)
+    monkeypatch.setattr(engines, "pg_check", lambda sql: None)
     before = _pg_state(pg[2])
     with pytest.raises(ConnectorError) as info:
         pgq(pg, sql)
@@ -407,17 +447,16 @@ def test_postgres_sql_error(pg: tuple[dict[str, Any], dict[str, Any], str]) -> N
 
 def test_postgres_statement_timeout(pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
     started = time.monotonic()
-    with pytest.raises(ConnectorError) as info:
-        pgq(pg, "SELECT pg_sleep(30)", timeout_s=0.3)
-    assert _code(info.value) == "warehouse_error"
-    assert "statement timeout" in str(info.value)
+    with pytest.raises(QueryTimeout) as info:
+        pgq(pg, "SELECT pg_sleep(30)", wall_seconds=0.3)
+    assert _code(info.value) == "query_timeout"
     assert time.monotonic() - started < 10
 
 
 def test_postgres_unreachable(pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
     config, credentials, _ = pg
     with pytest.raises(WarehouseUnreachable) as info:
-        run_query("postgres", {**config, "port": _free_port()}, credentials, "SELECT 1")
+        run_pg({**config, "port": _free_port()}, credentials, "SELECT 1")
     assert _code(info.value) == "warehouse_unreachable"
 
 
@@ -425,7 +464,7 @@ def test_postgres_wrong_database_is_invalid_connection(
         pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
     config, credentials, _ = pg
     with pytest.raises(InvalidConnection) as info:
-        run_query("postgres", {**config, "database": "no_such_db"}, credentials, "SELECT 1")
+        run_pg({**config, "database": "no_such_db"}, credentials, "SELECT 1")
     assert _code(info.value) == "invalid_connection"
     assert "no_such_db" in str(info.value)
 
@@ -434,15 +473,17 @@ def test_postgres_unknown_user_is_auth_failure(
         pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
     config, _, _ = pg
     with pytest.raises(WarehouseAuthFailed) as info:
-        run_query("postgres", config, {"user": "nobody_here", "password": SECRET}, "SELECT 1")
+        run_pg(config, {"user": "nobody_here", "password": SECRET}, "SELECT 1")
     assert _code(info.value) == "warehouse_auth_failed"
 
 
-def test_postgres_ssl_required_but_unsupported(
+def test_postgres_tls_required_but_unsupported(
         pg: tuple[dict[str, Any], dict[str, Any], str]) -> None:
     config, credentials, _ = pg
-    with pytest.raises(InvalidConnection):
-        run_query("postgres", {**config, "sslmode": "require"}, credentials, "SELECT 1")
+    for mode in ("require", "verify-full"):
+        with pytest.raises(WarehouseNotVerified) as info:
+            run_pg({**config, "sslmode": mode}, credentials, "SELECT 1")
+        assert _code(info.value) == "warehouse_tls_failed"
 
 
 def test_password_never_appears_in_errors(
@@ -458,11 +499,10 @@ def test_password_never_appears_in_errors(
         (config, {**planted, "user": SECRET}, "SELECT 1"),
         ({**config, "database": SECRET}, planted, "SELECT 1"),
         ({**config, "port": _free_port()}, planted, "SELECT 1"),
-        ({**config, "port": "x"}, planted, "SELECT 1"),
     ]
     for cfg, creds, sql in attempts:
         with pytest.raises(CmekError) as info:
-            run_query("postgres", cfg, creds, sql)
+            run_pg(cfg, creds, sql)
         assert SECRET not in str(info.value), (cfg, sql)
         assert SECRET not in repr(info.value.args)
     assert pgq((config, planted, ""), "SELECT 1").rows == [[1]]

@@ -56,7 +56,10 @@ def backends(request: pytest.FixtureRequest) -> Backends:
 @pytest.fixture
 def platform(kmslocal: KmsLocal, tmp_path: Path, backends: Backends
              ) -> Iterator[PlatformProcess]:
-    env = {"TMPDIR": str(tmp_path / "platform" / "tmp")}
+    # The tenant's warehouse folder holds the customer's own files in clear: kept out of
+    # the platform's data folder here, so that the scan of that folder means something.
+    env = {"TMPDIR": str(tmp_path / "platform" / "tmp"),
+           "CMEK_WAREHOUSE_DIR": str(tmp_path / "warehouses")}
     if backends.database_url:
         env |= {"CMEK_DATABASE_URL": backends.database_url,
                 "CMEK_OBJECT_STORE": f"s3://{backends.bucket}/platform",
@@ -112,7 +115,7 @@ def test_no_canary_at_rest(platform: PlatformProcess, kmslocal: KmsLocal,
     planted: dict[str, str] = {k: canary(k) for k in (
         "title", "body", "description", "column", "password", "sso", "result", "search",
         "sql", "user")}
-    warehouse = tmp_path / "wh.duckdb"  # the customer's warehouse, outside the platform
+    warehouse = platform.warehouse_file(tenant)  # the customer's, outside the scanned data
     with duckdb.connect(str(warehouse)) as db:
         db.execute("create table t(v varchar)")
         db.execute(f"insert into t values ('{planted['result']}')")
@@ -124,16 +127,16 @@ def test_no_canary_at_rest(platform: PlatformProcess, kmslocal: KmsLocal,
                 "columns": [planted["column"]], "body": planted["body"]})
             assert r.status_code == 200, r.text
         r = c.put(f"{base}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse)},
+            "type": "duckdb", "config": {"path": warehouse.name},
             "credentials": {"note": planted["password"]}})
         assert r.status_code in (200, 400), r.text
         if r.status_code == 400:  # duckdb takes no credentials: plant it in a postgres one
             r = c.put(f"{base}/connections/wh", json={
-                "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}})
+                "type": "duckdb", "config": {"path": warehouse.name}, "credentials": {}})
             assert r.status_code == 200
             pg = c.put(f"{base}/connections/pg", json={
                 "type": "postgres",
-                "config": {"host": "127.0.0.1", "port": 5432, "database": "x"},
+                "config": {"host": "warehouse.example.com", "port": 5432, "database": "x"},
                 "credentials": {"user": "u", "password": planted["password"]}})
             assert pg.status_code == 200, pg.text
         q = c.post(f"{base}/connections/wh/query",
@@ -167,4 +170,4 @@ def test_no_canary_at_rest(platform: PlatformProcess, kmslocal: KmsLocal,
     if not backends.database_url:
         assert any(platform.data_dir.rglob("*.sqlite3"))  # the scan really saw the stores
     # the scan does find a canary where one is in clear: the customer's own warehouse
-    assert scan(tmp_path, [planted["result"]]) == {planted["result"]: ["wh.duckdb"]}
+    assert scan(warehouse.parent, [planted["result"]]) == {planted["result"]: ["wh.duckdb"]}

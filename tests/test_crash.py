@@ -38,7 +38,7 @@ from cmek.stores.backup import RestoreJournal
 from cmek.stores.objects import FileObjectStore, S3ObjectStore
 from tests.conftest import make_bucket
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
-from tests.platform_harness import PlatformProcess, customer_key, wait_until
+from tests.platform_harness import INTEGRITY_KEY, PlatformProcess, customer_key, wait_until
 from tests.reliability import record
 
 DAY = 86400.0
@@ -166,12 +166,13 @@ def body_of(c: httpx.Client, tenant: str, oid: str) -> dict[str, Any] | None:
     return dict(r.json()["body"]) if r.status_code == 200 else None
 
 
-def warehouse(tmp_path: Path) -> Path:
-    path = tmp_path / "wh.duckdb"
+def warehouse(node: Node, tenant: str) -> str:
+    """A DuckDB file in the tenant's warehouse folder; its path as a connection names it."""
+    path = node.proc.warehouse_file(tenant)
     with duckdb.connect(str(path)) as db:
         db.execute("create table sales(region varchar, amount integer)")
         db.execute("insert into sales values ('emea', 10), ('amer', 32)")
-    return path
+    return path.name
 
 
 def query(c: httpx.Client, tenant: str, sql: str) -> str:
@@ -314,7 +315,7 @@ def test_a_backup_cut_short_is_never_listed_and_a_published_one_restores(
     token = node.proc.login(tenant)
     with node.client(token) as c:
         assert c.put(f"/v1/tenants/{tenant}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse(tmp_path))}}).status_code == 200
+            "type": "duckdb", "config": {"path": warehouse(node, tenant)}}).status_code == 200
         query(c, tenant, "select * from sales")
         assert put(c, tenant, "a", {"title": "crash a"}).status_code == 200
         first = c.post(f"/v1/tenants/{tenant}/backups")
@@ -354,7 +355,7 @@ def test_a_restore_cut_short_is_finished_after_restart(
     token = node.proc.login(tenant)
     with node.client(token) as c:
         assert c.put(f"/v1/tenants/{tenant}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse(tmp_path))}}).status_code == 200
+            "type": "duckdb", "config": {"path": warehouse(node, tenant)}}).status_code == 200
         kept = query(c, tenant, "select * from sales")
         assert put(c, tenant, "a", {"title": "crash a one"}).status_code == 200
         assert put(c, tenant, "b", {"title": "crash b"}).status_code == 200
@@ -495,7 +496,7 @@ def test_a_rewrap_also_rewraps_data_keys_made_while_it_runs(
     url = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
     kms = KmsSettings(region=REGION, endpoint_url=kmslocal.url, access_key_id=PROVIDER[1],
                       secret_access_key=PROVIDER[2])
-    keyring = cmek.connect(url, kms)
+    keyring = cmek.connect(url, kms, integrity_key=INTEGRITY_KEY)
     old, new = customer_key(kmslocal), customer_key(kmslocal)
     keyring.register_tenant("rewrapped", old)
     sealed = {"metadata": keyring.seal("rewrapped", "metadata", "o", b"m"),
@@ -508,7 +509,8 @@ def test_a_rewrap_also_rewraps_data_keys_made_while_it_runs(
     report = keyring.rewrap("rewrapped", new, progress=meanwhile)
     assert (report.rewrapped, report.total) == (3, 3)
     kmslocal.client(CUSTOMER).disable_key(KeyId=old)
-    fresh = cmek.connect(url, kms)  # nothing cached: every data key is unwrapped anew
+    # nothing cached: every data key is unwrapped anew
+    fresh = cmek.connect(url, kms, integrity_key=INTEGRITY_KEY)
     assert {c: fresh.open("rewrapped", c, "o", e) for c, e in sealed.items()} == {
         "metadata": b"m", "auth": b"a", "logs": b"l"}
 

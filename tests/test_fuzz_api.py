@@ -39,7 +39,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.kmslocal_harness import KmsLocal
-from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess
+from tests.platform_harness import OPERATOR_TOKEN, PlatformProcess
 from tests.reliability import record
 
 HOSTILE = "hostile"
@@ -103,12 +103,12 @@ def world(kmslocal: KmsLocal, tmp_path_factory: pytest.TempPathFactory) -> Itera
     platform.start()
     try:
         tenant, other = platform.new_tenant(kmslocal), platform.new_tenant(kmslocal)
-        warehouse = base / "wh.duckdb"
+        warehouse = platform.warehouse_file(tenant)
         with duckdb.connect(str(warehouse)) as db:
             db.execute("create table sales(region varchar, amount integer)")
             db.execute("insert into sales values ('emea', 10), ('amer', 32)")
         world = World(platform, tenant, other, platform.login(tenant), platform.login(other),
-                      str(warehouse))
+                      warehouse.name)
         world.replenish()
         with platform.client(world.admin_token) as c:
             schedule = c.post(f"/v1/tenants/{tenant}/schedules", json={
@@ -128,8 +128,9 @@ def world(kmslocal: KmsLocal, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def credentials(world: World, method: str, path: str, choice: str) -> dict[str, str]:
     """Headers for the drawn choice: the right credentials, or deliberately wrong ones."""
-    if path == "/v1/key-events":
-        secret = {"right": EVENT_SECRET, "other": OPERATOR_TOKEN}.get(choice)
+    if path == "/v1/tenants/{tenant}/key-events":
+        secret = {"right": world.platform.event_secret(world.tenant),
+                  "other": OPERATOR_TOKEN}.get(choice)
         return {"x-cmek-event-secret": secret} if secret else {}
     if choice == "right":
         if OPERATOR_ROUTE.match(path):
@@ -286,9 +287,10 @@ def test_free_form_bodies_must_be_plain_json(world: World, value: bytes) -> None
     got = requests.get(f"{world.platform.url}/v1/tenants/{world.tenant}/objects/tables/hostile",
                        headers={"authorization": f"Bearer {world.admin_token}"}, timeout=30)
     assert got.status_code == 404  # nothing reached the store
-    event = requests.post(f"{world.platform.url}/v1/key-events",
+    event = requests.post(f"{world.platform.url}/v1/tenants/{world.tenant}/key-events",
                           data=b'{"source": "aws.kms", "resources": [], "id": ' + value + b"}",
-                          headers={"x-cmek-event-secret": EVENT_SECRET,
+                          headers={"x-cmek-event-secret": world.platform.event_secret(
+                              world.tenant),
                                    "content-type": "application/json"}, timeout=30)
     assert event.status_code == 400
     assert event.json()["error"] == "invalid_input"

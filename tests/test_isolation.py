@@ -30,6 +30,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from cmek.crypto.rows import RowAuthenticator
 from cmek.db import create_engine
 from cmek.keyring import encryption_context
 from cmek.platform.api import STATUS
@@ -37,11 +38,18 @@ from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, login_failures
 from cmek.platform.service import SESSION_TTL
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port
-from tests.platform_harness import EVENT_SECRET, OPERATOR_TOKEN, PlatformProcess, customer_key
+from tests.platform_harness import (
+    INTEGRITY_KEY,
+    OPERATOR_TOKEN,
+    PlatformProcess,
+    customer_key,
+)
 from tests.reliability import record
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-MAX_FAILURES, PER_CLIENT, LOCKOUT = 3, 5, 300  # the probed platform's login throttling
+# the probed platform's login throttling (BACKOFF: long enough that no request is slow
+# enough to outlast it, since the dev clock also moves with real time)
+MAX_FAILURES, PER_CLIENT, LOCKOUT, BACKOFF = 3, 5, 300, 30
 
 
 # --- planted data ---------------------------------------------------------------------------
@@ -55,6 +63,7 @@ class Ids:
     schedule_id: str
     backup_id: str
     warehouse: str
+    key_arn: str
 
 
 @dataclass
@@ -68,6 +77,7 @@ class Tenant:
     sso_secret: str
     pg_password: str
     analyst_password: str
+    event_secret: str
     later_sessions: list[str] = field(default_factory=list)
 
     @property
@@ -77,7 +87,7 @@ class Tenant:
     @property
     def secrets(self) -> list[str]:
         """Write-only: returned to nobody, the tenant itself included."""
-        return [self.sso_secret, self.pg_password, self.analyst_password]
+        return [self.sso_secret, self.pg_password, self.analyst_password, self.event_secret]
 
     def leaks(self) -> list[str]:
         """Everything of this tenant that another caller must never see."""
@@ -124,7 +134,8 @@ def plant(http: httpx.Client, platform: PlatformProcess, kms: KmsLocal, letter: 
     sso_secret, pg_password = f"sso-{uuid.uuid4().hex}", f"pgpw-{uuid.uuid4().hex}"
     analyst_password = f"analyst pw {uuid.uuid4().hex}"
     tenant = f"{letter}{tag}"
-    platform.provision(tenant, customer_key(kms), email, password)
+    key_arn = customer_key(kms)
+    platform.provision(tenant, key_arn, email, password)
     session = platform.login(tenant, email, password)
     h, base = bearer(session), f"/v1/tenants/{tenant}"
     api = str(ok(http.post(f"{base}/api-tokens", headers=h), 201)["token"])
@@ -135,14 +146,14 @@ def plant(http: httpx.Client, platform: PlatformProcess, kms: KmsLocal, letter: 
     ok(http.put(f"{base}/objects/tables/{object_id}", headers=h, json={
         "title": f"Report {marker}", "description": f"figures of {marker}",
         "columns": [f"col_{marker}"]}))
-    warehouse = folder / f"wh-{marker}.duckdb"
+    warehouse = platform.warehouse_file(tenant, f"wh-{marker}.duckdb")
     with duckdb.connect(str(warehouse)) as db:
         db.execute("create table sales(region varchar)")
         db.execute("insert into sales values (?)", [f"region {marker}"])
     ok(http.put(f"{base}/connections/{letter}-wh", headers=h, json={
-        "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}}))
+        "type": "duckdb", "config": {"path": warehouse.name}, "credentials": {}}))
     ok(http.put(f"{base}/connections/{letter}-pg", headers=h, json={
-        "type": "postgres", "config": {"host": "127.0.0.1", "port": free_port(),
+        "type": "postgres", "config": {"host": "warehouse.example.com", "port": free_port(),
                                        "database": f"db{marker}"},
         "credentials": {"user": "reader", "password": pg_password}}))
     assert marker in http.post(f"{base}/connections/{letter}-wh/query", headers=h,
@@ -156,9 +167,9 @@ def plant(http: httpx.Client, platform: PlatformProcess, kms: KmsLocal, letter: 
     assert ok(http.get(f"{base}/search", headers=h, params={"q": marker}))["hits"]
     backup = ok(http.post(f"{base}/backups", headers=h), 201)
     ids = Ids(tenant, object_id, f"{letter}-wh", str(schedule["schedule_id"]),
-              str(backup["backup_id"]), str(warehouse))
+              str(backup["backup_id"]), warehouse.name, key_arn)
     return Tenant(ids, marker, email, password, session, api, sso_secret, pg_password,
-                  analyst_password)
+                  analyst_password, platform.event_secret(tenant))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +179,8 @@ def world(kmslocal: KmsLocal, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "CMEK_BACKUP_INTERVAL": "0", "CMEK_CHECK_INTERVAL": "3600",
         "CMEK_LOGIN_MAX_FAILURES": str(MAX_FAILURES),
         "CMEK_LOGIN_MAX_FAILURES_PER_CLIENT": str(PER_CLIENT),
-        "CMEK_LOGIN_LOCKOUT": str(LOCKOUT)})
+        "CMEK_LOGIN_LOCKOUT": str(LOCKOUT), "CMEK_LOGIN_BACKOFF": str(BACKOFF),
+        "CMEK_TRUSTED_PROXIES": "127.0.0.1/32"})  # the tests play the local proxy
     platform.start()
     try:
         with platform.client() as http:
@@ -188,8 +200,9 @@ Body = Callable[[Ids, Ids], Any]  # (the caller's own ids, the ids the path name
 class Route:
     """How a route authenticates, and what a well-formed request to it carries.
 
-    auth: "tenant" (a tenant's bearer token), "operator" (the operator token), "login"
-    (email and password), "event" (the event secret header) or "public".
+    auth: "tenant" (a tenant's bearer token), "operator" (the operator token), "admin"
+    (the operator token or a tenant admin's), "login" (email and password), "event"
+    (the tenant's event secret header) or "public".
     write: with another tenant's ids, a successful call creates the object in the
     caller's own namespace (PUT); otherwise it must find nothing.
     """
@@ -213,8 +226,10 @@ PROBES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/tenants/{tenant}/key/check"): Route("operator"),
     ("POST", "/v1/tenants/{tenant}/key/rewrap"): Route("operator", lambda own, _: {}),
     ("POST", "/v1/tenants/{tenant}/backups/{backup_id}/restore"): Route("operator"),
-    ("POST", "/v1/key-events"): Route("event", lambda own, _: {
-        "source": "aws.kms", "detail-type": "KMS Key State Change", "resources": []}),
+    ("POST", "/v1/tenants/{tenant}/key-events"): Route("event", lambda own, _: {
+        "source": "aws.kms", "detail-type": "KMS Key State Change", "account": "222222222222",
+        "resources": [own.key_arn]}),
+    ("POST", "/v1/tenants/{tenant}/key-events/credential"): Route("admin"),
     ("POST", "/v1/tenants/{tenant}/sessions"): Route("login"),
     ("DELETE", "/v1/tenants/{tenant}/sessions"): Route("tenant"),
     ("POST", "/v1/tenants/{tenant}/api-tokens"): Route("tenant"),
@@ -342,8 +357,8 @@ def test_every_tenant_route_has_a_probe(world: World) -> None:
                          "tests/test_isolation.py: " + ", ".join(missing))
     stale = sorted(f"{m} {p}" for m, p in PROBES if (m, p) not in served)
     assert not stale, "PROBES names routes the platform no longer serves: " + ", ".join(stale)
-    assert {r.auth for r in PROBES.values()} <= {"tenant", "operator", "login", "event",
-                                                   "public"}
+    assert {r.auth for r in PROBES.values()} <= {"tenant", "operator", "admin", "login",
+                                                   "event", "public"}
 
 
 def test_own_tokens_see_own_markers_and_never_a_secret(world: World) -> None:
@@ -373,16 +388,17 @@ def test_every_probe_is_a_well_formed_request(world: World, tmp_path: Path) -> N
     d = world.platform.new_tenant(world.kms)
     session = world.platform.login(d)
     h, base = bearer(session), f"/v1/tenants/{d}"
-    warehouse = tmp_path / "wh.duckdb"
+    warehouse = world.platform.warehouse_file(d)
     with duckdb.connect(str(warehouse)) as db:
         db.execute("create table sales(region varchar)")
     ok(world.http.put(f"{base}/objects/tables/t1", headers=h, json={"title": "t"}))
     ok(world.http.put(f"{base}/connections/wh", headers=h, json={
-        "type": "duckdb", "config": {"path": str(warehouse)}}))
+        "type": "duckdb", "config": {"path": warehouse.name}}))
     schedule = ok(world.http.post(f"{base}/schedules", headers=h, json={
         "name": "s", "connection": "wh", "sql": "select 1", "every_seconds": 60}), 201)
     backup = ok(world.http.post(f"{base}/backups", headers=h), 201)
-    ids = Ids(d, "t1", "wh", schedule["schedule_id"], backup["backup_id"], str(warehouse))
+    arn = ok(world.http.get(base, headers=bearer(OPERATOR_TOKEN)))["kms_key_arn"]
+    ids = Ids(d, "t1", "wh", schedule["schedule_id"], backup["backup_id"], warehouse.name, arn)
 
     def last(item: tuple[tuple[str, str], Route]) -> int:  # what removes things goes last
         (method, template), _ = item
@@ -392,8 +408,9 @@ def test_every_probe_is_a_well_formed_request(world: World, tmp_path: Path) -> N
     order = sorted(PROBES.items(), key=last)
     for (method, template), route in order:
         body = route.body(ids, ids) if route.body else None
-        headers = {"tenant": h, "operator": bearer(OPERATOR_TOKEN), "public": {},
-                   "event": {"X-Cmek-Event-Secret": EVENT_SECRET}, "login": {}}[route.auth]
+        headers = {"tenant": h, "admin": h, "operator": bearer(OPERATOR_TOKEN), "public": {},
+                   "login": {}}.get(route.auth) or {
+                       "X-Cmek-Event-Secret": world.platform.event_secret(d)}
         if route.auth == "login":
             body = {"email": "admin@example.com", "password": "correct horse battery"}
         if (method, template) == ("POST", "/v1/tenants"):
@@ -411,7 +428,7 @@ def test_another_tenants_tokens_are_refused_on_every_route(world: World) -> None
     a, b = world.a, world.b
     prober = Prober(world.http)
     for token in (world.session(b), b.api):
-        for method, template, route in routes("tenant"):
+        for method, template, route in routes("tenant", "admin"):
             r = prober.send(method, template, route, b.ids, a.ids, bearer(token), a)
             prober.refused(r, 403, "forbidden")
         for method, template, route in routes("operator"):
@@ -421,6 +438,11 @@ def test_another_tenants_tokens_are_refused_on_every_route(world: World) -> None
             for headers in (bearer(token), {"X-Cmek-Event-Secret": token}):
                 r = prober.send(method, template, route, b.ids, a.ids, headers, a)
                 prober.refused(r, 401, "unauthorized")
+    for method, template, route in routes("event"):  # B's event secret, about A's or B's key
+        for ids in (a.ids, b.ids):
+            r = prober.send(method, template, route, ids, a.ids,
+                            {"X-Cmek-Event-Secret": b.event_secret}, a)
+            prober.refused(r, 401, "unauthorized")
     for method, template, route in routes("login"):  # B's own email and password, at A
         r = prober.send(method, template, route, b.ids, a.ids,
                         {"X-Forwarded-For": new_client()}, a,
@@ -467,22 +489,30 @@ def test_another_tenants_ids_under_ones_own_path_find_nothing(world: World) -> N
 # --- the operator's credentials and the tenants' ----------------------------------------------
 def test_operator_and_tenant_credentials_do_not_cross(world: World) -> None:
     """The operator token opens no tenant route and a tenant token no operator route; the
-    event secret opens neither, and neither opens the event route."""
+    event secret opens neither, and neither opens the event route. An analyst is no
+    admin."""
     a = world.a
     prober = Prober(world.http)
-    for secret in (OPERATOR_TOKEN, EVENT_SECRET):
+    for secret in (OPERATOR_TOKEN, a.event_secret):
         for method, template, route in routes("tenant"):
             r = prober.send(method, template, route, a.ids, a.ids, bearer(secret), a)
             prober.refused(r, 401, "unauthorized")
     session = world.session(a)
-    for token in (session, a.api, EVENT_SECRET):
+    for token in (session, a.api, a.event_secret):
         for method, template, route in routes("operator"):
             r = prober.send(method, template, route, a.ids, a.ids, bearer(token), a)
             prober.refused(r, 401, "unauthorized")
+    for method, template, route in routes("admin"):
+        r = prober.send(method, template, route, a.ids, a.ids, bearer(a.event_secret), a)
+        prober.refused(r, 401, "unauthorized")
+        analyst = world.platform.login(a.name, f"analyst-{a.marker}@example.com",
+                                       a.analyst_password)
+        r = prober.send(method, template, route, a.ids, a.ids, bearer(analyst), a)
+        prober.refused(r, 403, "forbidden")
     for method, template, route in routes("event"):
         for header in (OPERATOR_TOKEN, session, a.api):
             r = prober.send(method, template, route, a.ids, a.ids,
-                            {"X-Cmek-Event-Secret": header, **bearer(EVENT_SECRET)}, a)
+                            {"X-Cmek-Event-Secret": header, **bearer(a.event_secret)}, a)
             prober.refused(r, 401, "unauthorized")
     prober.check("operator and tenant credentials")
 
@@ -490,8 +520,8 @@ def test_operator_and_tenant_credentials_do_not_cross(world: World) -> None:
 def test_malformed_authorization_is_refused_everywhere(world: World) -> None:
     a = world.a
     prober = Prober(world.http)
-    for method, template, route in routes("tenant", "operator"):
-        live = a.api if route.auth == "tenant" else OPERATOR_TOKEN
+    for method, template, route in routes("tenant", "operator", "admin"):
+        live = OPERATOR_TOKEN if route.auth == "operator" else a.api
         for headers in malformed(live):
             r = prober.send(method, template, route, a.ids, a.ids, headers, a)
             prober.refused(r, 401, "unauthorized")
@@ -501,7 +531,7 @@ def test_malformed_authorization_is_refused_everywhere(world: World) -> None:
 # --- tokens that ended --------------------------------------------------------------------------
 def every_tenant_route_refuses(world: World, token: str, tenant: Tenant,
                                prober: Prober) -> None:
-    for method, template, route in routes("tenant"):
+    for method, template, route in routes("tenant", "admin"):
         r = prober.send(method, template, route, tenant.ids, tenant.ids, bearer(token), tenant)
         prober.refused(r, 401, "unauthorized")
 
@@ -593,8 +623,9 @@ _clients = itertools.count(1)
 
 
 def new_client() -> str:
-    """An address of its own (sent as X-Forwarded-For, which the platform trusts from
-    loopback as from a local proxy), so only the counter under test moves."""
+    """An address of its own (sent as X-Forwarded-For, which this platform trusts from
+    loopback as from its proxy: CMEK_TRUSTED_PROXIES), so only the counter under test
+    moves."""
     n = next(_clients)
     return f"10.{n // 250 % 250}.{n % 250}.1"
 
@@ -607,47 +638,55 @@ def new_user(world: World) -> tuple[str, str]:
     return email, password
 
 
-def test_password_guessing_is_throttled_per_account(world: World) -> None:
+def test_password_guessing_slows_the_guesser_and_locks_nobody_out(world: World) -> None:
+    """One client guessing one account is slowed down: BACKOFF, then twice as long after
+    each further failure. The same answer whether or not the email exists, and the right
+    password is refused to that client meanwhile; but the account's owner, from any other
+    client, signs in at once: no one can lock an account out for anyone else."""
     a = world.a
     email, password = new_user(world)
     unknown = f"nobody-{uuid.uuid4().hex[:6]}@example.com"
-    answers = []
-    waits = []
-    for guessed in (email, unknown):  # each guess from another client: only the account
+    answers, guessers = [], []
+    for guessed in (email, unknown):
+        guesser = new_client()
         for _ in range(MAX_FAILURES):
-            r = sign_in(world, a.name, guessed, "wrong guess!", new_client())
+            r = sign_in(world, a.name, guessed, "wrong guess!", guesser)
             assert r.status_code == 401, r.text
-        locked = sign_in(world, a.name, guessed, "wrong guess!", new_client())
-        waits.append(throttled(locked))
+        locked = sign_in(world, a.name, guessed, "wrong guess!", guesser)
+        assert BACKOFF - 2 < throttled(locked) <= BACKOFF
         answers.append((locked.status_code, locked.json()))
+        guessers.append(guesser)
     assert answers[0] == answers[1]  # the same whether the email exists or not
-    assert all(0 < wait <= LOCKOUT for wait in waits)
-    throttled(sign_in(world, a.name, email, password, new_client()))  # right, yet refused
-    # The tenant's other users, and other tenants, sign in as usual meanwhile.
-    ok(sign_in(world, a.name, a.email, a.password, new_client()), 201)
-    ok(sign_in(world, world.b.name, world.b.email, world.b.password, new_client()), 201)
-    world.advance(waits[0])
-    ok(sign_in(world, a.name, email, password, new_client()), 201)
-    record("isolation", "probes", 2 * MAX_FAILURES + 6)
+    throttled(sign_in(world, a.name, email, password, guessers[0]))  # right, yet refused
+    ok(sign_in(world, a.name, email, password, new_client()), 201)  # the owner, elsewhere
+    ok(sign_in(world, world.b.name, world.b.email, world.b.password, guessers[0]), 201)
+    world.advance(BACKOFF)  # a wrong guess after the wait doubles the next one
+    assert sign_in(world, a.name, email, "wrong guess!", guessers[0]).status_code == 401
+    wait = throttled(sign_in(world, a.name, email, "wrong guess!", guessers[0]))
+    assert 2 * BACKOFF - 2 < wait <= 2 * BACKOFF
+    world.advance(wait)  # (one more failure would trip this client's own limit: PER_CLIENT)
+    ok(sign_in(world, a.name, email, password, guessers[0]), 201)
+    record("isolation", "probes", 2 * MAX_FAILURES + 9)
 
 
 def test_failure_counts_reset_after_success_and_after_the_window(world: World) -> None:
     a = world.a
     email, password = new_user(world)
+    client = new_client()
 
     def fail(times: int) -> None:
         for _ in range(times):
-            r = sign_in(world, a.name, email, "wrong guess!", new_client())
+            r = sign_in(world, a.name, email, "wrong guess!", client)
             assert r.status_code == 401, r.text
 
     fail(MAX_FAILURES - 1)
-    ok(sign_in(world, a.name, email, password, new_client()), 201)  # resets the count
+    ok(sign_in(world, a.name, email, password, client), 201)  # resets the count
     fail(MAX_FAILURES - 1)
     world.advance(LOCKOUT + 1)  # the counting window passes: the count starts again
     fail(MAX_FAILURES - 1)
-    ok(sign_in(world, a.name, email, password, new_client()), 201)
+    ok(sign_in(world, a.name, email, password, client), 201)
     fail(MAX_FAILURES)  # and it still counts: the next attempt is refused
-    throttled(sign_in(world, a.name, email, password, new_client()))
+    throttled(sign_in(world, a.name, email, password, client))
     record("isolation", "probes", 4 * MAX_FAILURES + 1)
 
 
@@ -674,11 +713,11 @@ def test_failure_counters_are_shared_and_atomic(backend: str, tmp_path: Path,
     concurrent failures (as from several processes) are each counted, none lost."""
     url = (f"sqlite:///{tmp_path}/control.sqlite3" if backend == "sqlite"
            else request.getfixturevalue("pg_url"))
-    plane = ControlPlane(create_engine(url))
+    plane = ControlPlane(create_engine(url), RowAuthenticator(INTEGRITY_KEY.encode()))
     now, subject = 1_800_000_000.0, "s" * 64
 
     def fail(_: int) -> None:
-        plane.login_failed([(subject, 17), ("other" * 12, 1000)], now, 300)
+        plane.login_failed([(subject, 17, False), ("other" * 12, 1000, False)], now, 300)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(fail, range(16)))
@@ -686,12 +725,12 @@ def test_failure_counters_are_shared_and_atomic(backend: str, tmp_path: Path,
     fail(0)
     assert plane.login_locked_until([subject], now) == now + 300
     assert plane.login_locked_until([subject], now + 300) is None  # the lockout ends
-    plane.login_failed([(subject, 2)], now + 301, 300)  # and counting starts afresh
+    plane.login_failed([(subject, 2, False)], now + 301, 300)  # and counting starts afresh
     assert plane.login_locked_until([subject], now + 301) is None
     with plane.engine.connect() as conn:  # an idle subject's row is forgotten meanwhile
         assert set(conn.execute(sa.select(login_failures.c.subject)).scalars()) == {subject}
     plane.login_succeeded(subject)
-    plane.login_failed([(subject, 2)], now + 302, 300)
+    plane.login_failed([(subject, 2, False)], now + 302, 300)
     assert plane.login_locked_until([subject], now + 302) is None  # the success reset it
     plane.engine.dispose()
 
@@ -796,7 +835,7 @@ def exercise(http: httpx.Client, t: Tenant, kms: KmsLocal, guess: str) -> None:
         http.post(f"{base}/sessions", json={"email": t.email, "password": guess})
     assert http.post(f"{base}/sessions", json={"email": t.email, "password": t.password}
                      ).status_code == 429
-    for headers in [*malformed(t.session), bearer(OPERATOR_TOKEN), bearer(EVENT_SECRET)]:
+    for headers in [*malformed(t.session), bearer(OPERATOR_TOKEN), bearer(t.event_secret)]:
         assert http.get(f"{base}/users", headers=headers).status_code == 401
     assert http.get("/v1/tenants", headers=h).status_code == 401
     assert http.post(f"{base}/connections/{t.name[0]}-pg/query", headers=h,
@@ -814,10 +853,10 @@ def exercise(http: httpx.Client, t: Tenant, kms: KmsLocal, guess: str) -> None:
                      ).status_code == 400
     arn = ok(http.get(base, headers=bearer(OPERATOR_TOKEN)))["kms_key_arn"]
     event = {"source": "aws.kms", "detail-type": "KMS Key State Change", "resources": [arn]}
-    assert http.post("/v1/key-events", json=event,
+    assert http.post(f"{base}/key-events", json=event,
                      headers={"X-Cmek-Event-Secret": t.session}).status_code == 401
-    ok(http.post("/v1/key-events", json=event, headers={"X-Cmek-Event-Secret": EVENT_SECRET}),
-       202)
+    ok(http.post(f"{base}/key-events", json=event,
+                 headers={"X-Cmek-Event-Secret": t.event_secret}), 202)
     kms.client(CUSTOMER).disable_key(KeyId=arn)  # a lock purges keys, revokes tokens ...
     try:
         assert ok(http.post(f"{base}/key/check", headers=bearer(OPERATOR_TOKEN)))[
@@ -853,7 +892,7 @@ def test_no_secret_reaches_the_logs_or_the_disk(kmslocal: KmsLocal, tmp_path: Pa
         platform.stop()
     assert len(keys) >= 5  # metadata, auth, logs, credentials, search, backups ...
     values = [v.encode() for v in (t.password, t.session, t.api, *t.secrets, guess,
-                                   OPERATOR_TOKEN, EVENT_SECRET, PROVIDER[2])] + keys
+                                   OPERATOR_TOKEN, INTEGRITY_KEY, PROVIDER[2])] + keys
     seen, deadline = -1, time.monotonic() + 5  # the reader thread drains the last lines
     while seen != len(platform.output) and time.monotonic() < deadline:
         seen = len(platform.output)

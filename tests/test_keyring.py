@@ -29,6 +29,7 @@ import cmek
 from cmek.audit import AuditTrail
 from cmek.clock import ManualClock
 from cmek.crypto import envelope_epoch
+from cmek.crypto.rows import RowAuthenticator
 from cmek.db import create_engine
 from cmek.errors import DecryptionError, InvalidInput, TenantExists, UnknownCategory, UnknownTenant
 from cmek.keyring import Category, Keyring, RewrapInProgress, encryption_context
@@ -43,6 +44,7 @@ from cmek.kms import (
 )
 from tests.conftest import REFERENCE_POLICY
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
+from tests.platform_harness import INTEGRITY_KEY
 
 REGION = "us-west-2"
 PROVIDER_ACCOUNT = "111111111111"
@@ -229,6 +231,7 @@ def make(boto: BotoKms, clock: ManualClock) -> Iterator[Callable[..., Keyring]]:
         use = keyring_clock or clock
         options.setdefault("ttl", TTL)
         options.setdefault("refresh_ahead", AHEAD)
+        options.setdefault("rows", RowAuthenticator(INTEGRITY_KEY.encode()))
         return Keyring(kms or boto, engine, use, AuditTrail(engine, use), **options)
 
     yield build
@@ -411,7 +414,7 @@ def test_duplicate_register(database_url: str, make: Callable[..., Keyring],
 def test_kms_call_economy(database_url: str, kmslocal: KmsLocal, key_arn: str) -> None:
     since = kmslocal_now(kmslocal)
     keyring = cmek.connect(database_url, kms_settings(kmslocal), clock=ManualClock(),
-                           data_key_ttl=TTL, refresh_ahead=AHEAD)
+                           integrity_key=INTEGRITY_KEY, data_key_ttl=TTL, refresh_ahead=AHEAD)
     try:
         tenant_ids = [new_tenant() for _ in range(3)]
         for t in tenant_ids:

@@ -36,7 +36,7 @@ from tests.kmslocal_harness import (
 from tests.platform_harness import wait_until
 
 ACCOUNT = "222222222222"
-ROUTE = "/_dev/event-targets"
+ROUTE = "/_kmslocal/event-targets"
 CODE = "invalid_event_target"
 
 

@@ -1,4 +1,4 @@
-"""Key events (EventBridge stand-in): what the platform's /v1/key-events receiver gets.
+"""Key events (EventBridge stand-in): what a tenant's key-event endpoint receives.
 
 kmslocal only: on AWS these arrive through EventBridge rules, not a test receiver.
 The session ``event_sink`` receives the customer account's events from the shared server.

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 import cmek
-from cmek.errors import DecryptionError
 from cmek.kms import KeyRevoked, KmsError, KmsSettings
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port, write_config
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, write_config
 from tests.platform_harness import (
-    EVENT_SECRET,
+    INTEGRITY_KEY,
     OPERATOR_TOKEN,
     PlatformProcess,
     customer_key,
@@ -31,12 +30,9 @@ DAY = 86400
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KmsLocal, PlatformProcess]]:
     base = tmp_path_factory.mktemp("lifecycle")
-    port = free_port()
-    config = base / "kmslocal.toml"
-    write_config(config, f"http://127.0.0.1:{port}/v1/key-events", EVENT_SECRET)
-    kms = KmsLocal(base / "kms", config)
+    kms = KmsLocal(base / "kms", write_config(base / "kmslocal.toml", None))
     kms.start()
-    platform = PlatformProcess(base / "platform", kms, port=port, extra_env={
+    platform = PlatformProcess(base / "platform", kms, key_events=True, extra_env={
         "CMEK_CHECK_INTERVAL": "3600", "CMEK_BACKUP_INTERVAL": "0",
         "CMEK_OUTAGE_GRACE": "300"})
     platform.start()
@@ -59,7 +55,7 @@ def read_directly(kms: KmsLocal, platform: PlatformProcess, tenant: str) -> Any:
         ).fetchone()
     keyring = cmek.connect(f"sqlite:///{platform.data_dir / 'control.sqlite3'}", KmsSettings(
         region="us-west-2", endpoint_url=kms.url, access_key_id=PROVIDER[1],
-        secret_access_key=PROVIDER[2], max_attempts=1))
+        secret_access_key=PROVIDER[2], max_attempts=1), integrity_key=INTEGRITY_KEY)
     return json.loads(keyring.open(tenant, "metadata", f"{kind}/{oid}/{version}", sealed))
 
 
@@ -266,8 +262,8 @@ def test_restore_window_over_destroys(env: tuple[KmsLocal, PlatformProcess]) -> 
         kinds = {k for (k,) in db.execute(
             "select kind from audit_entries where tenant = ?", (tenant,))}
     assert "crypto_shred_attestation" in kinds
-    with pytest.raises(DecryptionError):  # the ciphertext is still there; its key is not
-        read_directly(kms, platform, tenant)
+    assert not (platform.data_dir / "tenants" / tenant).exists()  # its database went too
+    assert not platform.warehouse_file(tenant).parent.exists()
 
 
 def test_restore_after_one_day_is_a_restart(env: tuple[KmsLocal, PlatformProcess]) -> None:
@@ -363,12 +359,11 @@ def test_jobs_of_a_locked_tenant_fail_with_the_reason(env: tuple[KmsLocal, Platf
 
     kms, platform = env
     tenant, arn, token = new_tenant(kms, platform)
-    warehouse = tmp_path / "wh.duckdb"
-    with duckdb.connect(str(warehouse)) as db:
+    with duckdb.connect(str(platform.warehouse_file(tenant))) as db:
         db.execute("create table t(n integer)")
     with platform.client(token) as c:
         c.put(f"/v1/tenants/{tenant}/connections/wh",
-              json={"type": "duckdb", "config": {"path": str(warehouse)}})
+              json={"type": "duckdb", "config": {"path": "wh.duckdb"}})
         sid = c.post(f"/v1/tenants/{tenant}/schedules", json={
             "name": "n", "connection": "wh", "sql": "select count(*) from t",
             "every_seconds": 600}).json()["schedule_id"]

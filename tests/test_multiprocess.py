@@ -11,21 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.kmslocal_harness import CUSTOMER, KmsLocal, free_port, write_config
+from tests.kmslocal_harness import CUSTOMER, KmsLocal, write_config
 from tests.pg import create_database
-from tests.platform_harness import EVENT_SECRET, PlatformProcess, customer_key
+from tests.platform_harness import PlatformProcess, customer_key
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, pg_admin_url: str) -> Iterator[tuple[KmsLocal, list[PlatformProcess]]]:
-    ports = [free_port() for _ in range(3)]
-    config = tmp_path / "kmslocal.toml"
-    write_config(config, f"http://127.0.0.1:{ports[0]}/v1/key-events", EVENT_SECRET)
-    kms = KmsLocal(tmp_path / "kms", config)
+    kms = KmsLocal(tmp_path / "kms", write_config(tmp_path / "kmslocal.toml", None))
     kms.start()
     env = {"CMEK_DATABASE_URL": create_database(pg_admin_url), "CMEK_CHECK_INTERVAL": "3600",
            "CMEK_BACKUP_INTERVAL": "0"}
-    procs = [PlatformProcess(tmp_path / "platform", kms, extra_env=env, port=p) for p in ports]
+    # events reach the first process, as behind a load balancer they reach one of them
+    procs = [PlatformProcess(tmp_path / "platform", kms, extra_env=env, key_events=i == 0)
+             for i in range(3)]
     for proc in procs:
         proc.start()
     yield kms, procs

@@ -14,6 +14,7 @@ import cmek
 from cmek.clock import ManualClock
 from cmek.kms import KmsSettings
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
+from tests.platform_harness import INTEGRITY_KEY
 
 POLICY = {
     "Version": "2012-10-17",
@@ -37,7 +38,7 @@ def test_debug_logs_carry_no_data_key(
                            access_key_id=PROVIDER[1], secret_access_key=PROVIDER[2])
     caplog.set_level(logging.DEBUG)
     keyring = cmek.connect(f"sqlite:///{tmp_path}/keys.sqlite3", settings, clock=ManualClock(),
-                           data_key_ttl=60)
+                           integrity_key=INTEGRITY_KEY, data_key_ttl=60)
     keyring.register_tenant("logs", key_arn)
     sealed = keyring.seal("logs", "metadata", "o1", b"planted-canary-value")
     keyring.purge("logs")

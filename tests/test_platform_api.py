@@ -153,14 +153,14 @@ def test_objects_and_search(platform: PlatformProcess, tenant: str) -> None:
 
 
 def test_connections_and_queries(platform: PlatformProcess, tenant: str, tmp_path: Path) -> None:
-    warehouse = tmp_path / "wh.duckdb"
+    warehouse = platform.warehouse_file(tenant)
     with duckdb.connect(str(warehouse)) as db:
         db.execute("create table sales(region varchar, amount integer)")
         db.execute("insert into sales values ('emea', 10), ('amer', 32)")
     token = platform.login(tenant)
     with platform.client(token) as c:
         r = c.put(f"/v1/tenants/{tenant}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}})
+            "type": "duckdb", "config": {"path": "wh.duckdb"}, "credentials": {}})
         assert r.status_code == 200, r.text
         assert "credentials" not in c.get(f"/v1/tenants/{tenant}/connections/wh").json()
         q = c.post(f"/v1/tenants/{tenant}/connections/wh/query",

@@ -13,10 +13,10 @@ from cmek.platform.config import ENV_VARS, ConfigError, Settings, load_settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 TOKEN = "operator-token-4f9c2a7e51"
-EVENT = "event-secret-b83d10c6e2"
+EVENT = "integrity-key-b83d10c6e2-0123456789abcdef"  # a secret setting, like the token
 FIXED_VARS = [
     "CMEK_DATA_DIR", "CMEK_DATABASE_URL", "CMEK_OBJECT_STORE", "CMEK_S3_ENDPOINT_URL",
-    "CMEK_KMS_REGION", "CMEK_KMS_ENDPOINT_URL", "CMEK_OPERATOR_TOKEN", "CMEK_EVENT_SECRET",
+    "CMEK_KMS_REGION", "CMEK_KMS_ENDPOINT_URL", "CMEK_OPERATOR_TOKEN", "CMEK_INTEGRITY_KEY",
     "CMEK_CHECK_INTERVAL", "CMEK_OUTAGE_GRACE", "CMEK_RESTORE_WINDOW", "CMEK_LIVE_STORE_GRACE",
     "CMEK_DATA_KEY_TTL", "CMEK_BACKUP_INTERVAL",
 ]
@@ -50,7 +50,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.kms_region == "us-west-2"
     assert s.kms_endpoint_url is None
     assert s.operator_token is None
-    assert s.event_secret is None
+    assert s.integrity_key is None
     assert s.check_interval == 5
     assert s.outage_grace == 300
     assert s.restore_window == 30 * 86400
@@ -77,7 +77,7 @@ s3_endpoint_url = "http://127.0.0.1:9000"
 kms_region = "eu-central-1"
 kms_endpoint_url = "http://127.0.0.1:4599"
 operator_token = "{TOKEN}"
-event_secret = "{EVENT}"
+integrity_key = "{EVENT}"
 check_interval = 2.5
 outage_grace = 0
 restore_window = 864000
@@ -99,8 +99,8 @@ max_body_bytes = 4096
     assert s.kms_endpoint_url == "http://127.0.0.1:4599"
     assert s.operator_token is not None
     assert s.operator_token.get_secret_value() == TOKEN
-    assert s.event_secret is not None
-    assert s.event_secret.get_secret_value() == EVENT
+    assert s.integrity_key is not None
+    assert s.integrity_key.get_secret_value() == EVENT
     assert (s.check_interval, s.outage_grace, s.restore_window) == (2.5, 0, 864000)
     assert (s.live_store_grace, s.data_key_ttl, s.backup_interval) == (86400, 60, 0)
     assert (s.host, s.port, s.dev, s.max_body_bytes) == ("10.1.2.3", 9000, True, 4096)
@@ -200,7 +200,14 @@ def test_non_numeric_duration_env(var: str, op: str) -> None:
          "CMEK_S3_ENDPOINT_URL: plain http:// is allowed only to a loopback host"),
         ({"CMEK_KMS_REGION": "Oregon"}, "CMEK_KMS_REGION: must be an AWS Region name"),
         ({"CMEK_OPERATOR_TOKEN": "short"}, "CMEK_OPERATOR_TOKEN: must be at least 16 characters"),
-        ({"CMEK_EVENT_SECRET": "0123456789abcde"}, "CMEK_EVENT_SECRET: must be at least 16"),
+        ({"CMEK_INTEGRITY_KEY": "0123456789abcdef0123456789abcde"},
+         "CMEK_INTEGRITY_KEY: must be at least 32"),
+        ({"CMEK_DATABASE_URL": "postgresql://cmek@db/cmek"},
+         "integrity_key (CMEK_INTEGRITY_KEY) must be set with a PostgreSQL control plane"),
+        ({"CMEK_WAREHOUSE_ALLOW": "10.0.0.0/8, not a host"}, "CMEK_WAREHOUSE_ALLOW: must be"),
+        ({"CMEK_QUERY_PER_TENANT": "5", "CMEK_QUERY_MAX_RUNNING": "4"},
+         "query_per_tenant (CMEK_QUERY_PER_TENANT) must be <= query_max_running"),
+        ({"CMEK_QUERY_MEMORY_MB": "16"}, "CMEK_QUERY_MEMORY_MB: must be a whole number >= 64"),
         ({"CMEK_PORT": "http"}, "CMEK_PORT: must be an integer port from 0 to 65535, got 'http'"),
         ({"CMEK_PORT": "70000"}, "CMEK_PORT: must be an integer port"),
         ({"CMEK_DEV": "maybe"}, "CMEK_DEV: must be true or false, got 'maybe'"),
@@ -280,7 +287,7 @@ def test_zero_is_allowed_where_documented() -> None:
 
 
 def test_secrets_stay_hidden(tmp_path: Path) -> None:
-    s = load_settings(env={"CMEK_OPERATOR_TOKEN": TOKEN, "CMEK_EVENT_SECRET": EVENT,
+    s = load_settings(env={"CMEK_OPERATOR_TOKEN": TOKEN, "CMEK_INTEGRITY_KEY": EVENT,
                            "CMEK_DATABASE_URL": "postgresql://cmek:db-pass-91ab@db/cmek"})
     assert isinstance(s.operator_token, SecretStr)
     for text in (repr(s), str(s), s.model_dump_json(), repr(s.model_dump())):
@@ -298,9 +305,9 @@ def test_secrets_not_in_error_messages(tmp_path: Path) -> None:
     assert short not in message
     message = config_error(env={"CMEK_DATABASE_URL": "mysql://root:pw-7731x@db/cmek"})
     assert "pw-7731x" not in message
-    path = toml(tmp_path, "event_secret = 1234567890123456789\n")
+    path = toml(tmp_path, "integrity_key = 1234567890123456789\n")
     message = config_error(config_file=path, env={})
-    assert message == f"event_secret (CMEK_EVENT_SECRET) in {path}: must be a string, got int"
+    assert message == f"integrity_key (CMEK_INTEGRITY_KEY) in {path}: must be a string, got int"
     assert "1234567890123456789" not in message
     with pytest.raises(ValidationError) as info:
         Settings(operator_token=short)
@@ -310,7 +317,8 @@ def test_secrets_not_in_error_messages(tmp_path: Path) -> None:
 def test_tenant_backend_follows_database_url(tmp_path: Path) -> None:
     sqlite = load_settings(env={"CMEK_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
     assert sqlite.tenant_backend == "sqlite"
-    pg = load_settings(env={"CMEK_DATABASE_URL": "postgresql://u@localhost/cmek"})
+    pg = load_settings(env={"CMEK_DATABASE_URL": "postgresql://u@localhost/cmek",
+                            "CMEK_INTEGRITY_KEY": EVENT})
     assert pg.tenant_backend == "postgresql"
 
 

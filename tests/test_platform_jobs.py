@@ -35,11 +35,13 @@ def tenant(platform: PlatformProcess, kmslocal: KmsLocal) -> str:
     return platform.new_tenant(kmslocal)
 
 
-def warehouse(path: Path) -> Path:
+def warehouse(platform: PlatformProcess, tenant: str) -> str:
+    """A DuckDB file in the tenant's warehouse folder; its path as a connection names it."""
+    path = platform.warehouse_file(tenant)
     with duckdb.connect(str(path)) as db:
         db.execute("create table t(n integer)")
         db.execute("insert into t values (1), (2), (3)")
-    return path
+    return path.name
 
 
 def test_schedules_run_on_the_platform_clock(platform: PlatformProcess, tenant: str,
@@ -48,7 +50,7 @@ def test_schedules_run_on_the_platform_clock(platform: PlatformProcess, tenant: 
     base = f"/v1/tenants/{tenant}"
     with platform.client(token) as c:
         c.put(f"{base}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse(tmp_path / "wh.duckdb"))}})
+            "type": "duckdb", "config": {"path": warehouse(platform, tenant)}})
         ok = c.post(f"{base}/schedules", json={"name": "count", "connection": "wh",
                                                "sql": "select count(*) from t",
                                                "every_seconds": 3600}).json()
@@ -133,7 +135,7 @@ def test_activity_log_records_logins_changes_and_queries(platform: PlatformProce
     with platform.client(token) as c:
         c.put(f"{base}/objects/models/m1", json={"title": "Model"})
         c.put(f"{base}/connections/wh", json={
-            "type": "duckdb", "config": {"path": str(warehouse(tmp_path / "wh.duckdb"))}})
+            "type": "duckdb", "config": {"path": warehouse(platform, tenant)}})
         c.post(f"{base}/connections/wh/query", json={"sql": "select 1"})
         kinds = [e["kind"] for e in c.get(f"{base}/activity").json()["activity"]]
     assert kinds[:4] == ["query", "connection_saved", "object_saved", "login"]
@@ -196,7 +198,7 @@ def test_each_tenants_worker_runs_its_jobs_in_the_background(
         with platform.client(token) as c:
             c.put(f"/v1/tenants/{name}/connections/wh", json={
                 "type": "duckdb",
-                "config": {"path": str(warehouse(tmp_path / f"{name}.duckdb"))}})
+                "config": {"path": warehouse(platform, name)}})
             sid = c.post(f"/v1/tenants/{name}/schedules", json={
                 "name": "n", "connection": "wh", "sql": "select 1",
                 "every_seconds": 60}).json()["schedule_id"]

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from cmek.crypto.rows import RowAuthenticator
 from tests.kmslocal_harness import CUSTOMER
-from tests.platform_harness import OPERATOR_TOKEN, wait_until
+from tests.platform_harness import INTEGRITY_KEY, OPERATOR_TOKEN, wait_until
 from tests.web_support import (
     ADMIN,
     Stack,
@@ -272,9 +273,7 @@ def test_operator_console_lists_the_tenant(stack: Stack, tenant: Tenant,
 
 def revoked(stack: Stack, token: str) -> bool:
     """Read the control plane's token table directly: is this session revoked?"""
-    import hashlib
-
-    digest = hashlib.sha256(token.encode()).hexdigest()
+    digest = RowAuthenticator(INTEGRITY_KEY.encode()).lookup("token", token)
     with sqlite3.connect(stack.platform.data_dir / "control.sqlite3") as db:
         row: Any = db.execute("select revoked_at from platform_tokens where token_hash = ?",
                               (digest,)).fetchone()

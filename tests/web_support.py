@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.kmslocal_harness import KmsLocal, free_port, write_config
+from tests.kmslocal_harness import KmsLocal, write_config
 from tests.platform_harness import (
-    EVENT_SECRET,
     OPERATOR_TOKEN,
     PlatformProcess,
     customer_key,
@@ -36,12 +35,9 @@ class Stack:
 
 
 def start_stack(base: Path) -> Stack:
-    port = free_port()
-    config = write_config(base / "kmslocal.toml", f"http://127.0.0.1:{port}/v1/key-events",
-                          EVENT_SECRET)
-    kms = KmsLocal(base / "kms", config)
+    kms = KmsLocal(base / "kms", write_config(base / "kmslocal.toml", None))
     kms.start()
-    platform = PlatformProcess(base / "platform", kms, port=port, extra_env={
+    platform = PlatformProcess(base / "platform", kms, key_events=True, extra_env={
         "CMEK_CHECK_INTERVAL": "3600", "CMEK_BACKUP_INTERVAL": "0",
         "CMEK_PROVIDER_ACCOUNT": PROVIDER_ACCOUNT})
     try:
@@ -68,7 +64,7 @@ def seed_tenant(stack: Stack, folder: Path, prefix: str = "t") -> Tenant:
     arn = customer_key(stack.kms)
     stack.platform.provision(name, arn, *ADMIN)
     token = stack.platform.login(name, *ADMIN)
-    warehouse = folder / f"{name}.duckdb"
+    warehouse = stack.platform.warehouse_file(name)
     with duckdb.connect(str(warehouse)) as db:
         db.execute("create table sales(region varchar, revenue_usd decimal(10, 2), "
                    "orders integer)")
@@ -83,7 +79,7 @@ def seed_tenant(stack: Stack, folder: Path, prefix: str = "t") -> Tenant:
         ok(c.post(f"{base}/users", json={"email": ANALYST[0], "password": ANALYST[1],
                                         "role": "analyst"}))
         ok(c.put(f"{base}/connections/warehouse", json={
-            "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}}))
+            "type": "duckdb", "config": {"path": warehouse.name}, "credentials": {}}))
         ok(c.put(f"{base}/objects/tables/sales", json={
             "title": "Sales", "description": f"Revenue by region ({marker})",
             "connection": "warehouse", "columns": ["region", "revenue_usd", "orders"]}))

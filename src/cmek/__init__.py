@@ -17,16 +17,19 @@ if TYPE_CHECKING:
 
 
 def connect(
-    database_url: str, kms: KmsSettings | Kms, *, clock: Clock | None = None,
-    data_key_ttl: float = 300.0, refresh_ahead: float = 30.0,
+    database_url: str, kms: KmsSettings | Kms, *, integrity_key: str | bytes,
+    clock: Clock | None = None, data_key_ttl: float = 300.0, refresh_ahead: float = 30.0,
     rewrap_with_reencrypt: bool = False,
 ) -> Keyring:
     """A keyring over a key table (``sqlite:///...`` or ``postgresql://...``) and a KMS.
 
-    The audit trail lives in the same database, reachable as ``keyring.audit``.
+    ``integrity_key`` (at least 32 bytes; every process of a deployment uses the same)
+    authenticates the key table's rows: a tenant's key is never taken from a row written
+    without it. The audit trail lives in the same database, as ``keyring.audit``.
     """
     from cmek.audit import AuditTrail
     from cmek.clock import SystemClock
+    from cmek.crypto.rows import RowAuthenticator
     from cmek.db import create_engine
     from cmek.keyring import Keyring
     from cmek.kms import BotoKms, KmsSettings
@@ -34,6 +37,8 @@ def connect(
     engine = create_engine(database_url)
     clock = clock or SystemClock()
     client = BotoKms(kms) if isinstance(kms, KmsSettings) else kms
-    return Keyring(client, engine, clock, AuditTrail(engine, clock), ttl=data_key_ttl,
+    key = integrity_key.encode() if isinstance(integrity_key, str) else integrity_key
+    return Keyring(client, engine, clock, AuditTrail(engine, clock),
+                   rows=RowAuthenticator(key), ttl=data_key_ttl,
                    refresh_ahead=min(refresh_ahead, data_key_ttl / 2),
                    rewrap_with_reencrypt=rewrap_with_reencrypt)

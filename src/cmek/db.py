@@ -6,6 +6,7 @@ from several threads or processes queue instead of failing on lock upgrades.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
@@ -16,10 +17,21 @@ from sqlalchemy import event
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        _owner_only(url.removeprefix("sqlite:///"))
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
     return engine
+
+
+def _owner_only(path: str) -> None:
+    """The database file exists, readable by its owner alone, before SQLite opens it:
+    SQLite gives its journal and WAL files the same mode."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
 
 
 def _tune_sqlite(engine: sa.Engine) -> None:

@@ -22,6 +22,16 @@ class DecryptionError(CmekError):
         super().__init__("decryption failed")
 
 
+class RowNotAuthentic(CmekError):
+    """A control-plane row whose tag does not verify: written by someone without the
+    platform's integrity key. It grants nothing; an operator should look at who wrote it."""
+
+    code = "row_not_authentic"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"a {what} row was not written by the platform; refused")
+
+
 class InvalidInput(CmekError):
     code = "invalid_input"
 

@@ -43,7 +43,7 @@ def _dev_help(url: str, config: Config) -> str:
         f'  boto3.client("kms", endpoint_url="{url}", region_name="{config.region}",',
         '               aws_access_key_id=..., aws_secret_access_key=...)',
         "dev controls: GET/POST /_kmslocal/clock, POST/DELETE /_kmslocal/faults,",
-        "  GET/PUT/POST /_dev/event-targets",
+        "  GET/PUT/POST /_kmslocal/event-targets",
     ]
     return "\n".join(lines)
 

@@ -46,7 +46,7 @@ class Service:
 
 
 def open_service(data_dir: Path, config: Config, dev: bool) -> Service:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     storage = Storage(data_dir / "kmslocal.sqlite3")
     offset = float(storage.get_meta("clock_offset") or 0.0)
     clock = Clock(offset)
@@ -144,6 +144,6 @@ def create_app(service: Service, dev: bool) -> Starlette:
         routes += [
             Route("/_kmslocal/clock", clock, methods=["GET", "POST"]),
             Route("/_kmslocal/faults", faults, methods=["POST", "DELETE"]),
-            Route("/_dev/event-targets", event_targets, methods=["GET", "PUT", "POST"]),
+            Route("/_kmslocal/event-targets", event_targets, methods=["GET", "PUT", "POST"]),
         ]
     return Starlette(routes=routes, lifespan=lifespan)

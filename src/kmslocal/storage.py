@@ -8,6 +8,7 @@ transaction, so a refused call changes nothing.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,6 +104,7 @@ class GrantRow:
 
 class Storage:
     def __init__(self, path: Path) -> None:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # its WAL files follow
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

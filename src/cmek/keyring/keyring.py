@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,13 +46,23 @@ from cmek.crypto import (
     seal_stream,
     stream_epoch,
 )
+from cmek.crypto.rows import RowAuthenticator
 from cmek.crypto.stream import STREAM_HEADER_LEN
-from cmek.errors import CmekError, DecryptionError, InvalidInput, TenantExists, UnknownTenant
+from cmek.errors import (
+    CmekError,
+    DecryptionError,
+    InvalidInput,
+    RowNotAuthentic,
+    TenantExists,
+    UnknownTenant,
+)
 from cmek.keyring.categories import category_name
 from cmek.keyring.table import DataKeyRow, data_keys, metadata, row_to_key, tenants
 from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError, KmsUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("cmek.keyring")
+TENANT_ROWS = "cmek_tenants"
 
 _TENANT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -88,6 +99,20 @@ class _Cached:
 
 
 @dataclass(frozen=True)
+class TenantKey:
+    """A tenant's key as its authenticated row has it: the key, and a rewrap's target."""
+
+    key_arn: str
+    rewrap_to: str | None
+    generation: int
+
+    @property
+    def wrapping_keys(self) -> tuple[str, ...]:
+        """The keys the tenant's data keys may be wrapped under now."""
+        return (self.key_arn,) if self.rewrap_to is None else (self.key_arn, self.rewrap_to)
+
+
+@dataclass(frozen=True)
 class RewrapReport:
     tenant: str
     key_arn: str
@@ -99,7 +124,7 @@ class RewrapReport:
 class Keyring:
     def __init__(
         self, kms: Kms, engine: sa.Engine, clock: Clock, audit: AuditTrail, *,
-        ttl: float = 300.0, refresh_ahead: float = 30.0,
+        rows: RowAuthenticator, ttl: float = 300.0, refresh_ahead: float = 30.0,
         seal_budget: int = MAX_SEALS_PER_KEY, reserve_chunk: int = 1 << 20,
         on_revoked: Callable[[str, KeyRevoked], None] | None = None,
         on_unavailable: Callable[[str, KmsError], None] | None = None,
@@ -115,6 +140,7 @@ class Keyring:
         self.engine = engine
         self.clock = clock
         self.audit = audit
+        self.rows = rows
         self.ttl = ttl
         self.refresh_ahead = refresh_ahead
         self.seal_budget = seal_budget
@@ -145,19 +171,41 @@ class Keyring:
                 raise TenantExists(f"tenant {tenant} already exists")
             conn.execute(tenants.insert().values(
                 tenant_id=tenant, key_arn=key_arn, created_at=self.clock.now(),
-                rewrap_generation=0,
+                rewrap_generation=0, tag=self._tag(tenant, TenantKey(key_arn, None, 0)),
             ))
         self.audit.append(tenant, "tenant_registered", {"key_arn": key_arn})
 
-    def key_arn(self, tenant: str) -> str:
-        """Read each time, never cached: a rewrap in another process moves it."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(tenants.c.key_arn).where(tenants.c.tenant_id == tenant)
-            ).first()
+    def _tag(self, tenant: str, key: TenantKey) -> bytes:
+        return self.rows.tag(TENANT_ROWS, tenant, key.key_arn, key.rewrap_to, key.generation)
+
+    def _read_tenant(self, conn: sa.Connection, tenant: str, lock: str = "") -> TenantKey:
+        """The tenant's key row, refused unless the platform wrote it. ``lock``: "update"
+        or "share", held until the caller's transaction ends."""
+        query = sa.select(tenants.c.key_arn, tenants.c.rewrap_to, tenants.c.rewrap_generation,
+                          tenants.c.tag).where(tenants.c.tenant_id == tenant)
+        if lock:
+            query = query.with_for_update(read=lock == "share")
+        row = conn.execute(query).first()
         if row is None:
             raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
-        return str(row[0])
+        key = TenantKey(str(row[0]), row[1], int(row[2]))
+        if not self.rows.valid(TENANT_ROWS, row[3], tenant, key.key_arn, key.rewrap_to,
+                               key.generation):
+            raise RowNotAuthentic("tenant key")
+        return key
+
+    def _write_tenant(self, conn: sa.Connection, tenant: str, key: TenantKey) -> None:
+        conn.execute(tenants.update().where(tenants.c.tenant_id == tenant).values(
+            key_arn=key.key_arn, rewrap_to=key.rewrap_to, rewrap_generation=key.generation,
+            tag=self._tag(tenant, key)))
+
+    def tenant_key(self, tenant: str) -> TenantKey:
+        """Read each time, never cached: a rewrap in another process moves it."""
+        with self.engine.connect() as conn:
+            return self._read_tenant(conn, tenant)
+
+    def key_arn(self, tenant: str) -> str:
+        return self.tenant_key(tenant).key_arn
 
     def tenants(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -245,16 +293,12 @@ class Keyring:
         if new_key_arn is not None:
             KeyArn.parse(new_key_arn)
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(tenants.c.rewrap_to, tenants.c.rewrap_generation)
-                .where(tenants.c.tenant_id == tenant).with_for_update()
-            ).one()
-            target, generation = row[0], int(row[1])
+            row = self._read_tenant(conn, tenant, lock="update")
+            target, generation = row.rewrap_to, row.generation
             resumed = target is not None
             if target is None:
                 target, generation = new_key_arn or current, generation + 1
-                conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
-                             .values(rewrap_to=target, rewrap_generation=generation))
+                self._write_tenant(conn, tenant, TenantKey(row.key_arn, target, generation))
             elif new_key_arn is not None and new_key_arn != target:
                 raise RewrapInProgress(
                     f"a rewrap of {tenant} to {target} is in progress; finish it first"
@@ -280,14 +324,12 @@ class Keyring:
             with self.engine.begin() as conn:
                 # Finish only with none pending: a data key made while this ran was
                 # wrapped under the old key (``_new_epoch`` locks the row against this).
-                conn.execute(sa.select(tenants.c.tenant_id)
-                             .where(tenants.c.tenant_id == tenant).with_for_update())
+                self._read_tenant(conn, tenant, lock="update")
                 pending = self._pending(conn, tenant, generation)
                 total = conn.execute(sa.select(sa.func.count()).select_from(data_keys)
                                      .where(data_keys.c.tenant_id == tenant)).scalar_one()
                 if not pending:
-                    conn.execute(tenants.update().where(tenants.c.tenant_id == tenant)
-                                 .values(key_arn=target, rewrap_to=None))
+                    self._write_tenant(conn, tenant, TenantKey(target, None, generation))
                     break
         self.audit.append(tenant, "rewrap_finished",
                           {"key_arn": target, "rewrapped": rewrapped, "total": total})
@@ -300,25 +342,32 @@ class Keyring:
                                        data_keys.c.wrap_generation < generation)
             .order_by(data_keys.c.category, data_keys.c.epoch))]
 
+    def _authentic_rows(self) -> dict[str, TenantKey]:
+        """Every tenant's key row that the platform wrote; others are left out, logged."""
+        out: dict[str, TenantKey] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(sa.select(tenants.c.tenant_id, tenants.c.key_arn,
+                                            tenants.c.rewrap_to, tenants.c.rewrap_generation,
+                                            tenants.c.tag).order_by(tenants.c.tenant_id)):
+                key = TenantKey(str(r[1]), r[2], int(r[3]))
+                if self.rows.valid(TENANT_ROWS, r[4], str(r[0]), key.key_arn, key.rewrap_to,
+                                   key.generation):
+                    out[str(r[0])] = key
+                else:
+                    log.warning("a tenant key row not written by the platform is ignored")
+        return out
+
     def pending_rewraps(self) -> list[str]:
         """Tenants whose rewrap was started and not finished: running, or cut short."""
-        with self.engine.connect() as conn:
-            return [str(r[0]) for r in conn.execute(
-                sa.select(tenants.c.tenant_id).where(tenants.c.rewrap_to.is_not(None))
-                .order_by(tenants.c.tenant_id))]
+        return [t for t, key in self._authentic_rows().items() if key.rewrap_to is not None]
 
     def resume_rewrap(self, tenant: str) -> RewrapReport | None:
         """Finish the tenant's unfinished rewrap, if it has one (never starts one)."""
-        with self.engine.connect() as conn:
-            target = conn.execute(sa.select(tenants.c.rewrap_to)
-                                  .where(tenants.c.tenant_id == tenant)).scalar()
-        return None if target is None else self.rewrap(tenant)
+        return None if self.tenant_key(tenant).rewrap_to is None else self.rewrap(tenant)
 
     def tenant_keys(self) -> dict[str, str]:
         """Each tenant's key, as the key table has it."""
-        with self.engine.connect() as conn:
-            return {str(r[0]): str(r[1]) for r in conn.execute(
-                sa.select(tenants.c.tenant_id, tenants.c.key_arn))}
+        return {t: key.key_arn for t, key in self._authentic_rows().items()}
 
     # --- internals --------------------------------------------------------------------
     def _kms(
@@ -437,6 +486,11 @@ class Keyring:
     def _unwrap(self, slot: tuple[str, str, int], *, tolerate_outage: bool) -> _Cached | None:
         tenant, category, epoch = slot
         row = self._row(tenant, category, epoch)
+        if row.key_arn not in self.tenant_key(tenant).wrapping_keys:
+            # Wrapped under a key that is not the tenant's: whoever put it there may hold
+            # the plaintext. Never unwrapped, never sealed under.
+            log.warning("a data key row wrapped under a key not the tenant's is refused")
+            raise DecryptionError
         try:
             out = self._kms("Decrypt", tenant, category, epoch, row.key_arn,
                             lambda: self.kms.decrypt(row.key_arn, row.wrapped,
@@ -487,14 +541,9 @@ class Keyring:
         during a rewrap to another key they are pending, so one below the rewrap's.
         ``lock``: hold the row (shared) until the caller's insert commits, so that a rewrap
         cannot finish in between without seeing the new key."""
-        query = sa.select(tenants.c.key_arn, tenants.c.rewrap_to, tenants.c.rewrap_generation
-                          ).where(tenants.c.tenant_id == tenant)
-        row = conn.execute(query.with_for_update(read=True) if lock else query).first()
-        if row is None:
-            raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
-        key_arn, rewrap_to, generation = str(row[0]), row[1], int(row[2])
-        pending = rewrap_to is not None and rewrap_to != key_arn
-        return key_arn, generation - 1 if pending else generation
+        key = self._read_tenant(conn, tenant, lock="share" if lock else "")
+        pending = key.rewrap_to is not None and key.rewrap_to != key.key_arn
+        return key.key_arn, key.generation - 1 if pending else key.generation
 
     def _new_epoch(self, tenant: str, cat: str) -> int:
         """GenerateDataKey for the next epoch and store its wrapped form."""

@@ -21,6 +21,10 @@ tenants = sa.Table(
     # A rewrap in progress: its target key and generation; rows below it are pending.
     sa.Column("rewrap_to", sa.String(256), nullable=True),
     sa.Column("rewrap_generation", sa.Integer, nullable=False, default=0),
+    # cmek.crypto.rows over (tenant_id, key_arn, rewrap_to, rewrap_generation): the key a
+    # tenant's data keys may be wrapped under is never taken from a row the platform did
+    # not write.
+    sa.Column("tag", sa.LargeBinary, nullable=True),
 )
 
 data_keys = sa.Table(

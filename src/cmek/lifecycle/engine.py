@@ -70,7 +70,7 @@ class Lifecycle:
         self.durations = durations
         self.enforcer = enforcer
         self.on_change = on_change
-        self.states = StateStore(engine)
+        self.states = StateStore(engine, keyring.rows)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._next_check: dict[str, float] = {}

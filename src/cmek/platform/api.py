@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmek.errors import CmekError
 from cmek.kms import KeyRevoked, RevocationReason
+from cmek.platform.clients import of_request
+from cmek.platform.key_events import TooManyEvents
 from cmek.platform.service import (
     Caller,
     KeyVerificationFailed,
@@ -34,6 +37,7 @@ from cmek.platform.service import (
 )
 from cmek.platform.web import mount as mount_web
 from cmek.platform.web.security import same as same_secret
+from cmek.stores.tenant import StoreClosed
 
 log = logging.getLogger("cmek.platform")
 JOB_TICK_SECONDS = 1.0
@@ -42,15 +46,18 @@ MONITOR_TICK_SECONDS = 0.2
 STATUS: dict[str, int] = {
     "invalid_input": 400, "record_too_large": 400, "invalid_connection": 400,
     "sql_not_read_only": 400, "warehouse_error": 400, "warehouse_auth_failed": 400,
-    "warehouse_unreachable": 502, "unauthorized": 401, "forbidden": 403,
+    "warehouse_unreachable": 502, "warehouse_tls_failed": 502, "egress_denied": 403,
+    "query_timeout": 504, "query_resources_exceeded": 422, "query_result_too_large": 422,
+    "too_many_queries": 429, "unauthorized": 401, "forbidden": 403,
     "not_found": 404, "unknown_tenant": 404, "object_not_found": 404,
     "unknown_category": 400, "conflict": 409, "tenant_exists": 409,
     "key_verification_failed": 422, "body_too_large": 413,
     "tenant_key_unavailable": 423, "tenant_store_closed": 423, "backup_invalid": 422,
     "rewrap_in_progress": 409,
-    "too_many_attempts": 429,
+    "too_many_attempts": 429, "too_many_events": 429, "event_not_for_tenant": 403,
     "kms_unavailable": 503, "object_store_unavailable": 503,
     "decryption_failed": 500,  # stored ciphertext that does not open: tampered or misplaced
+    "row_not_authentic": 500,  # a control-plane row the platform did not write
     "internal_error": 500,
 }
 
@@ -169,9 +176,20 @@ async def _caller(request: Request, tenant: TenantId,
                                    tenant)
 
 
+async def _operator_or_admin(request: Request, tenant: TenantId,
+                             authorization: Annotated[str | None, Header()] = None) -> None:
+    """The operator, or an admin of this tenant (who sets up the customer's side)."""
+    expected = _platform(request).settings.operator_token
+    token = _bearer(authorization)
+    if same_secret(token, expected.get_secret_value() if expected else None):
+        return
+    require_admin(await run_in_threadpool(_platform(request).authenticate, token, tenant))
+
+
 # Dependencies as types, at module level so that FastAPI can resolve the annotations.
 Op = Annotated[None, Depends(_operator)]
 Me = Annotated[Caller, Depends(_caller)]
+OperatorOrAdmin = Annotated[None, Depends(_operator_or_admin)]
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -215,11 +233,32 @@ def create_app(platform: Platform) -> FastAPI:
     app.state.platform = platform
     mount_web(app, platform)  # the pages (docs/web.md), outside the OpenAPI document
 
+    async def locked(request: Request) -> JSONResponse | None:
+        """The answer for a tenant whose key went away while this request was in flight:
+        whatever failed inside (a closed store, a terminated database session), the
+        refusal says why, with the state, as every other refusal of a locked tenant does,
+        even when the key is back by the time it answers."""
+        tenant = request.path_params.get("tenant")
+        if not isinstance(tenant, str):
+            return None
+        started = float(request.scope.get("cmek.started", 0.0))
+        try:
+            state = await run_in_threadpool(platform.lock_met, tenant, started)
+        except Exception:  # the control plane is out too: the original answer stands
+            return None
+        if state is None:
+            return None
+        refusal = TenantKeyUnavailable(state)
+        return error(refusal.code, refusal.message, key_state=refusal.key_state,
+                     reason=refusal.reason)
+
     @app.exception_handler(CmekError)
-    async def _cmek_error(_: Request, exc: CmekError) -> JSONResponse:
+    async def _cmek_error(request: Request, exc: CmekError) -> JSONResponse:
+        if isinstance(exc, StoreClosed):
+            return await locked(request) or error(exc.code, exc.message)
         if isinstance(exc, KeyVerificationFailed):
             return error(exc.code, exc.message, findings=exc.findings)
-        if isinstance(exc, TooManyAttempts):
+        if isinstance(exc, TooManyAttempts | TooManyEvents):
             refused = error(exc.code, exc.message)
             refused.headers["Retry-After"] = str(exc.retry_after)
             return refused
@@ -249,12 +288,13 @@ def create_app(platform: Platform) -> FastAPI:
                             headers={**(exc.headers or {}), "Cache-Control": "no-store"})
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _internal_error(exc)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return await locked(request) or _internal_error(exc)
 
     @app.middleware("http")
     async def _limits(request: Request,
                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.scope["cmek.started"] = time.monotonic()  # what a lock is compared with
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return error("body_too_large",
@@ -262,7 +302,7 @@ def create_app(platform: Platform) -> FastAPI:
         try:
             response = await call_next(request)
         except Exception as exc:  # answered here, so the server does not log it again
-            response = _internal_error(exc)
+            response = await locked(request) or _internal_error(exc)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
@@ -303,21 +343,21 @@ def create_app(platform: Platform) -> FastAPI:
     async def key_rewrap(tenant: TenantId, body: RewrapIn, _: Op) -> dict[str, Any]:
         return await call(platform.rewrap, tenant, body.kms_key_arn)
 
-    @app.post("/v1/key-events", status_code=202)
-    async def key_events(request: Request, event: JsonObject,
+    @app.post("/v1/tenants/{tenant}/key-events", status_code=202)
+    async def key_events(tenant: TenantId, event: JsonObject,
                          x_cmek_event_secret: Annotated[str | None, Header()] = None
                          ) -> dict[str, Any]:
-        expected = settings.event_secret
-        if not same_secret(x_cmek_event_secret,
-                           expected.get_secret_value() if expected else None):
-            raise Unauthorized("missing or wrong X-Cmek-Event-Secret")
-        return {"tenants": await call(platform.key_event, event)}
+        return await call(platform.key_event, tenant, x_cmek_event_secret, event)
+
+    @app.post("/v1/tenants/{tenant}/key-events/credential", status_code=201)
+    async def event_credential(tenant: TenantId, _: OperatorOrAdmin) -> dict[str, str]:
+        return await call(platform.issue_event_credential, tenant)
 
     # --- sessions and tokens --------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/sessions", status_code=201)
     async def login(tenant: TenantId, body: Login, request: Request) -> dict[str, Any]:
-        client = request.client.host if request.client else None
-        token, expires = await call(platform.login, tenant, body.email, body.password, client)
+        token, expires = await call(platform.login, tenant, body.email, body.password,
+                                    of_request(request, platform.trusted_proxies))
         return {"token": token, "expires_at": expires}
 
     @app.delete("/v1/tenants/{tenant}/sessions", status_code=204)

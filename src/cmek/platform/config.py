@@ -30,9 +30,12 @@ from pydantic import (
 )
 
 from cmek.errors import CmekError
+from cmek.platform.clients import parse_networks
+from cmek.platform.warehouse.egress import EgressPolicy
 
 DAY = 86400.0
 MIN_SECRET_CHARS = 16
+MIN_INTEGRITY_KEY_CHARS = 32
 
 # Field name -> environment variable. The CMEK_* names are an operator contract: never rename.
 ENV_VARS: dict[str, str] = {
@@ -46,7 +49,9 @@ ENV_VARS: dict[str, str] = {
     "kms_read_timeout": "CMEK_KMS_READ_TIMEOUT",
     "provider_account": "CMEK_PROVIDER_ACCOUNT",
     "operator_token": "CMEK_OPERATOR_TOKEN",
-    "event_secret": "CMEK_EVENT_SECRET",
+    "integrity_key": "CMEK_INTEGRITY_KEY",
+    "event_check_interval": "CMEK_EVENT_CHECK_INTERVAL",
+    "event_max_per_minute": "CMEK_EVENT_MAX_PER_MINUTE",
     "check_interval": "CMEK_CHECK_INTERVAL",
     "outage_grace": "CMEK_OUTAGE_GRACE",
     "restore_window": "CMEK_RESTORE_WINDOW",
@@ -60,7 +65,19 @@ ENV_VARS: dict[str, str] = {
     "login_max_failures": "CMEK_LOGIN_MAX_FAILURES",
     "login_max_failures_per_client": "CMEK_LOGIN_MAX_FAILURES_PER_CLIENT",
     "login_lockout": "CMEK_LOGIN_LOCKOUT",
+    "login_backoff": "CMEK_LOGIN_BACKOFF",
+    "trusted_proxies": "CMEK_TRUSTED_PROXIES",
     "log_level": "CMEK_LOG_LEVEL",
+    "warehouse_dir": "CMEK_WAREHOUSE_DIR",
+    "warehouse_allow": "CMEK_WAREHOUSE_ALLOW",
+    "query_timeout": "CMEK_QUERY_TIMEOUT",
+    "query_cpu_seconds": "CMEK_QUERY_CPU_SECONDS",
+    "query_memory_mb": "CMEK_QUERY_MEMORY_MB",
+    "query_max_rows": "CMEK_QUERY_MAX_ROWS",
+    "query_max_result_bytes": "CMEK_QUERY_MAX_RESULT_BYTES",
+    "query_max_running": "CMEK_QUERY_MAX_RUNNING",
+    "query_per_tenant": "CMEK_QUERY_PER_TENANT",
+    "schedule_min_period": "CMEK_SCHEDULE_MIN_PERIOD",
 }
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -154,7 +171,9 @@ class Settings(BaseModel):
     kms_read_timeout: float = 5.0
     provider_account: str | None = None  # the AWS account the platform calls KMS as
     operator_token: SecretStr | None = None
-    event_secret: SecretStr | None = None
+    integrity_key: SecretStr | None = None  # required with PostgreSQL; else made in data_dir
+    event_check_interval: float = 1.0
+    event_max_per_minute: int = 60
     check_interval: float = 5.0
     outage_grace: float = 300.0
     restore_window: float = 30 * DAY
@@ -168,7 +187,19 @@ class Settings(BaseModel):
     login_max_failures: int = 5
     login_max_failures_per_client: int = 50
     login_lockout: float = 300.0
+    login_backoff: float = 1.0
+    trusted_proxies: tuple[str, ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    warehouse_dir: Path = Path("")  # derived from data_dir when not given
+    warehouse_allow: tuple[str, ...] = ()
+    query_timeout: float = 30.0
+    query_cpu_seconds: float = 30.0
+    query_memory_mb: int = 1024
+    query_max_rows: int = 10_000
+    query_max_result_bytes: int = 4 * 1024 * 1024
+    query_max_running: int = 4
+    query_per_tenant: int = 2
+    schedule_min_period: float = 60.0
 
     @property
     def tenant_backend(self) -> Literal["sqlite", "postgresql"]:
@@ -195,12 +226,40 @@ class Settings(BaseModel):
             data["database_url"] = f"sqlite:///{data_dir}/control.sqlite3"
         if data.get("object_store") in (None, ""):
             data["object_store"] = f"file://{data_dir}/objects"
+        if data.get("warehouse_dir") in (None, ""):
+            data["warehouse_dir"] = data_dir / "warehouses"
         return data
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("data_dir", "warehouse_dir", mode="before")
     @classmethod
     def _check_data_dir(cls, value: Any) -> Path:
         return _dir(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _check_trusted_proxies(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _Invalid("must be a list of CIDRs or addresses")
+        try:
+            parse_networks(value)
+        except ValueError as e:
+            raise _Invalid(f"must be CIDRs or addresses: {e}") from None
+        return tuple(value)
+
+    @field_validator("warehouse_allow", mode="before")
+    @classmethod
+    def _check_warehouse_allow(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _Invalid("must be a list of CIDRs, addresses or host names")
+        try:
+            EgressPolicy.parse(value)
+        except CmekError as e:
+            raise _Invalid(f"must be CIDRs, addresses or host names: {e.message}") from None
+        return tuple(value)
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -241,16 +300,58 @@ class Settings(BaseModel):
             raise _Invalid(f"must be an AWS Region name like us-west-2, got {_shown(value)}")
         return value
 
-    @field_validator("operator_token", "event_secret", mode="before")
+    @field_validator("operator_token", mode="before")
     @classmethod
     def _check_secret(cls, value: Any) -> SecretStr | None:
         return _secret(value)
 
+    @field_validator("integrity_key", mode="before")
+    @classmethod
+    def _check_integrity_key(cls, value: Any) -> SecretStr | None:
+        key = _secret(value)
+        if key is not None and len(key.get_secret_value()) < MIN_INTEGRITY_KEY_CHARS:
+            raise _Invalid(f"must be at least {MIN_INTEGRITY_KEY_CHARS} characters when set")
+        return key
+
     @field_validator("check_interval", "restore_window", "live_store_grace", "data_key_ttl",
-                     "kms_connect_timeout", "kms_read_timeout", "login_lockout", mode="before")
+                     "kms_connect_timeout", "kms_read_timeout", "login_lockout",
+                     "login_backoff", mode="before")
     @classmethod
     def _check_positive(cls, value: Any) -> float:
         return _seconds(value, allow_zero=False)
+
+    @field_validator("query_timeout", "query_cpu_seconds", "schedule_min_period",
+                     "event_check_interval", mode="before")
+    @classmethod
+    def _check_query_seconds(cls, value: Any) -> float:
+        return _seconds(value, allow_zero=False)
+
+    @field_validator("query_memory_mb", "query_max_rows", "query_max_result_bytes",
+                     "query_max_running", "query_per_tenant", "event_max_per_minute",
+                     mode="before")
+    @classmethod
+    def _check_query_counts(cls, value: Any, info: ValidationInfo) -> int:
+        least = {"query_memory_mb": 64, "query_max_result_bytes": 1024}.get(
+            str(info.field_name), 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise _Invalid(f"must be a whole number >= {least}, got {_shown(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _integrity_key_shared(self) -> Settings:
+        # Every process must tag and check rows with the same key: with a shared
+        # PostgreSQL control plane a key made in one process's data_dir would not do.
+        if self.tenant_backend == "postgresql" and self.integrity_key is None:
+            raise _Invalid(f"integrity_key ({ENV_VARS['integrity_key']}) must be set with a "
+                           "PostgreSQL control plane: the same secret in every process")
+        return self
+
+    @model_validator(mode="after")
+    def _per_tenant_within_total(self) -> Settings:
+        if self.query_per_tenant > self.query_max_running:
+            raise _Invalid(f"query_per_tenant ({ENV_VARS['query_per_tenant']}) must be <= "
+                           f"query_max_running ({ENV_VARS['query_max_running']})")
+        return self
 
     @field_validator("outage_grace", "backup_interval", mode="before")
     @classmethod
@@ -389,4 +490,6 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
         ctx_error = (first.get("ctx") or {}).get("error")
         message = str(ctx_error) if isinstance(ctx_error, _Invalid) else first["msg"]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if not first["loc"]:  # a rule across settings: its message names them
+            raise ConfigError(f"{message}{more}") from None
         raise ConfigError(f"{label}: {message}{more}") from None

@@ -1,18 +1,26 @@
 """The control plane: which tenants exist, with which key, and who holds a live token.
 
-Tokens (sessions and API tokens) are stored only as SHA-256 hashes: they are 256-bit
-random values, so a fast hash is enough, and a database reader learns nothing usable.
+Tokens (sessions and API tokens) are stored only as an HMAC of the token under the
+platform's integrity key (``cmek.crypto.rows``): a database reader learns nothing
+usable, and a database writer cannot add a token it could present. Tenant and token
+rows carry a tag over their fields, so an edited row (another tenant, another role, a
+later expiry) is refused like a forged one.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+
+from cmek.crypto.rows import RowAuthenticator
+
+log = logging.getLogger("cmek.platform.control")
 
 metadata = sa.MetaData()
 
@@ -21,6 +29,7 @@ tenants = sa.Table(
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("key_arn", sa.String(256), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("tag", sa.LargeBinary, nullable=True),  # over tenant_id, key_arn, created_at
 )
 
 tokens = sa.Table(
@@ -33,6 +42,8 @@ tokens = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True),  # None: until revoked (API tokens)
     sa.Column("revoked_at", sa.Float, nullable=True),
+    # over every column above but revoked_at (a revocation is written in bulk at a lock)
+    sa.Column("tag", sa.LargeBinary, nullable=True),
 )
 
 
@@ -68,10 +79,6 @@ def new_token(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(32)}"
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class TokenInfo:
     tenant_id: str
@@ -81,47 +88,73 @@ class TokenInfo:
 
 
 class ControlPlane:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, rows: RowAuthenticator) -> None:
         self.engine = engine
+        self.rows = rows
         metadata.create_all(engine)
 
     # --- tenants --------------------------------------------------------------------------
+    def _tenant_tag(self, tenant_id: str, key_arn: str, created_at: float) -> bytes:
+        return self.rows.tag("platform_tenants", tenant_id, key_arn, created_at)
+
+    def _authentic_tenant(self, row: sa.Row[Any]) -> dict[str, Any] | None:
+        """A tenant row the platform wrote, without its tag; None (and a warning) else."""
+        m = dict(row._mapping)
+        tag = m.pop("tag")
+        if self.rows.valid("platform_tenants", tag, m["tenant_id"], m["key_arn"],
+                           float(m["created_at"])):
+            return m
+        log.warning("a tenant row not written by the platform is ignored")
+        return None
+
     def add_tenant(self, tenant_id: str, key_arn: str, now: float) -> bool:
         """False when the tenant id is taken (ids stay reserved, even after destruction)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(tenants.insert().values(tenant_id=tenant_id, key_arn=key_arn,
-                                                     created_at=now))
+                conn.execute(tenants.insert().values(
+                    tenant_id=tenant_id, key_arn=key_arn, created_at=now,
+                    tag=self._tenant_tag(tenant_id, key_arn, now)))
         except sa.exc.IntegrityError:
             return False
         return True
 
     def set_key_arn(self, tenant_id: str, key_arn: str) -> None:
         """The last step of a rewrap to another key: the tenant is now under that key."""
+        row = self.tenant(tenant_id)
+        if row is None:
+            return
         with self.engine.begin() as conn:
-            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant_id)
-                         .values(key_arn=key_arn))
+            conn.execute(tenants.update().where(tenants.c.tenant_id == tenant_id).values(
+                key_arn=key_arn, tag=self._tenant_tag(tenant_id, key_arn, row["created_at"])))
 
     def tenant(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant, if the platform wrote its row: a forged one is no tenant."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
-        return None if row is None else dict(row._mapping)
+        return None if row is None else self._authentic_tenant(row)
 
     def list_tenants(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(
-                sa.select(tenants).order_by(tenants.c.tenant_id))]
+            rows = list(conn.execute(sa.select(tenants).order_by(tenants.c.tenant_id)))
+        return [m for m in (self._authentic_tenant(r) for r in rows) if m is not None]
 
     # --- tokens ---------------------------------------------------------------------------
     def issue(self, tenant_id: str, user_id: str, role: str, kind: str, now: float,
               ttl: float | None) -> tuple[str, float | None]:
         token = new_token("cms" if kind == "session" else "cma")
         expires = None if ttl is None else now + ttl
+        row = {"token_hash": self.token_hash(token), "tenant_id": tenant_id,
+               "user_id": user_id, "kind": kind, "role": role, "created_at": now,
+               "expires_at": expires}
         with self.engine.begin() as conn:
-            conn.execute(tokens.insert().values(
-                token_hash=token_hash(token), tenant_id=tenant_id, user_id=user_id, kind=kind,
-                role=role, created_at=now, expires_at=expires))
+            conn.execute(tokens.insert().values(**row, tag=self._token_tag(row)))
         return token, expires
+
+    def token_hash(self, token: str) -> str:
+        return self.rows.lookup("token", token)
+
+    def _token_tag(self, row: dict[str, Any]) -> bytes:
+        return self.rows.tag("platform_tokens", *_token_fields(row))
 
     def resolve(self, token: str, now: float) -> TokenInfo | None:
         row = self._unexpired(token, now)
@@ -140,15 +173,18 @@ class ControlPlane:
         """Looked up by the token's hash: the database compares hashes, never the token."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tokens).where(
-                tokens.c.token_hash == token_hash(token))).first()
+                tokens.c.token_hash == self.token_hash(token))).first()
         if row is None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        if not self.rows.valid("platform_tokens", row.tag, *_token_fields(dict(row._mapping))):
+            log.warning("a token row not written by the platform is refused")
             return None
         return row
 
     def revoke(self, token: str, now: float) -> bool:
         with self.engine.begin() as conn:
             return bool(conn.execute(tokens.update().where(
-                tokens.c.token_hash == token_hash(token), tokens.c.revoked_at.is_(None))
+                tokens.c.token_hash == self.token_hash(token), tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now)).rowcount)
 
     def revoke_tenant(self, tenant_id: str, now: float) -> int:
@@ -210,15 +246,19 @@ class ControlPlane:
                 login_failures.c.locked_until > now)).scalar()
         return None if until is None else float(until)
 
-    def login_failed(self, limits: list[tuple[str, int]], now: float, window: float) -> None:
-        """Count a failed sign-in against each (subject, limit): failures are counted over
-        ``window`` seconds from the first; reaching the limit locks the subject out for
-        ``window`` seconds, after which it starts afresh. Atomic in one transaction."""
+    def login_failed(self, limits: list[tuple[str, int, bool]], now: float,
+                     window: float, backoff: float = 1.0) -> None:
+        """Count a failed sign-in against each (subject, limit, backs_off). Failures are
+        counted over ``window`` seconds from the first. At the limit, a subject that backs
+        off waits ``backoff`` seconds, then twice as long after each further failure
+        (never more than ``window``): it slows guessing down without ever locking anyone
+        else out. Any other subject is refused for ``window`` seconds, then starts afresh.
+        Atomic in one transaction."""
         insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
                   else sqlite.insert)
         expired = login_failures.c.window_start <= now - window
-        with self.engine.begin() as conn:  # subjects in a fixed order: account, then client
-            for subject, limit in limits:
+        with self.engine.begin() as conn:  # subjects in a fixed order, so no deadlock
+            for subject, limit, backs_off in limits:
                 conn.execute(insert(login_failures).values(
                     subject=subject, failures=1, window_start=now, locked_until=None,
                 ).on_conflict_do_update(index_elements=[login_failures.c.subject], set_={
@@ -226,9 +266,18 @@ class ControlPlane:
                     "window_start": sa.case((expired, now),
                                             else_=login_failures.c.window_start),
                 }))
-                conn.execute(login_failures.update().where(
-                    login_failures.c.subject == subject, login_failures.c.failures >= limit)
-                    .values(failures=0, window_start=now, locked_until=now + window))
+                failures = int(conn.execute(sa.select(login_failures.c.failures).where(
+                    login_failures.c.subject == subject)).scalar_one())
+                if failures < limit:
+                    continue
+                if backs_off:
+                    wait = min(window, backoff * 2.0 ** min(failures - limit, 32))
+                    conn.execute(login_failures.update().where(
+                        login_failures.c.subject == subject).values(locked_until=now + wait))
+                else:
+                    conn.execute(login_failures.update().where(
+                        login_failures.c.subject == subject).values(
+                            failures=0, window_start=now, locked_until=now + window))
         with self.engine.begin() as conn:  # forget the idle: never waiting on a row in use
             idle = sa.select(login_failures.c.subject).where(expired, sa.or_(
                 login_failures.c.locked_until.is_(None), login_failures.c.locked_until <= now)
@@ -238,3 +287,10 @@ class ControlPlane:
     def login_succeeded(self, subject: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(login_failures.delete().where(login_failures.c.subject == subject))
+
+
+def _token_fields(row: Mapping[str, Any]) -> tuple[str | float | None, ...]:
+    """What a token row's tag covers, in order."""
+    expires = row["expires_at"]
+    return (row["token_hash"], row["tenant_id"], row["user_id"], row["kind"], row["role"],
+            float(row["created_at"]), None if expires is None else float(expires))

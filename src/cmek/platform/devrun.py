@@ -54,15 +54,29 @@ def _relay(proc: subprocess.Popen[str], name: str, verbose: bool) -> None:
             print(f"[{name}] {line}", end="", flush=True)
 
 
-def _kmslocal_config(path: Path, event_secret: str) -> None:
+def _kmslocal_config(path: Path) -> None:
     lines = ['region = "us-west-2"', ""]
     for akid, secret, arn in (PROVIDER, CUSTOMER):
         lines += ["[[principals]]", f'arn = "{arn}"', f'access_key_id = "{akid}"',
                   f'secret_access_key = "{secret}"', ""]
-    lines += ["[[event_targets]]", 'account = "222222222222"',
-              f'url = "http://127.0.0.1:{PLATFORM_PORT}/v1/key-events"',
-              'secret_header = "X-Cmek-Event-Secret"', f'secret = "{event_secret}"', ""]
     path.write_text("\n".join(lines))
+
+
+def _subscribe(url: str, kms_url: str, operator_token: str, key_arn: str) -> None:
+    """The customer's side of key events: an EventBridge rule for its key and an API
+    destination with the tenant's own secret (here, kmslocal's event target)."""
+    with httpx.Client(timeout=30, trust_env=False) as c:
+        r = c.post(f"{url}/v1/tenants/{TENANT}/key-events/credential",
+                   headers={"Authorization": f"Bearer {operator_token}"})
+        if r.status_code != 201:
+            raise SystemExit(f"event credential: {r.status_code} {r.text}")
+        credential = r.json()
+        r = c.post(f"{kms_url}/_kmslocal/event-targets", json={
+            "account": key_arn.split(":")[4], "resources": [key_arn],
+            "url": url + credential["url_path"], "secret_header": credential["header"],
+            "secret": credential["secret"]})
+        if r.status_code != 200:
+            raise SystemExit(f"kmslocal event target: {r.status_code} {r.text}")
 
 
 def _warehouse(path: Path) -> None:
@@ -91,7 +105,7 @@ def load_sample_data(base: str, token: str, warehouse: Path) -> None:
         check(c.post(f"{t}/users", json={"email": ANALYST[0], "password": ANALYST[1],
                                          "role": "analyst"}))
         check(c.put(f"{t}/connections/warehouse", json={
-            "type": "duckdb", "config": {"path": str(warehouse)}, "credentials": {}}))
+            "type": "duckdb", "config": {"path": warehouse.name}, "credentials": {}}))
         for name, cols, desc in (
             ("customers", ["customer_id", "name", "region"], "Every customer and its region"),
             ("orders", ["order_id", "customer_id", "order_date", "amount_usd"],
@@ -141,8 +155,7 @@ def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
         shutil.rmtree(root)  # each run starts from a fresh demo
     (root / "platform").mkdir(parents=True)
     operator_token = secrets.token_urlsafe(24)
-    event_secret = secrets.token_urlsafe(24)
-    _kmslocal_config(root / "kmslocal.toml", event_secret)
+    _kmslocal_config(root / "kmslocal.toml")
     bindir = str(Path(sys.executable).parent)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
     base_env |= {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
@@ -154,7 +167,7 @@ def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
     platform_env = base_env | {
         "CMEK_DATA_DIR": str(root / "platform"), "CMEK_KMS_ENDPOINT_URL": kms_url,
         "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": operator_token,
-        "CMEK_EVENT_SECRET": event_secret, "AWS_ACCESS_KEY_ID": PROVIDER[0],
+        "AWS_ACCESS_KEY_ID": PROVIDER[0],
         "AWS_SECRET_ACCESS_KEY": PROVIDER[1], "CMEK_BACKUP_INTERVAL": "0",
         "CMEK_PROVIDER_ACCOUNT": PROVIDER[2].split(":")[4],
     }
@@ -177,10 +190,11 @@ def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
                              "admin_email": ADMIN[0], "admin_password": ADMIN[1]})
             if r.status_code != 201:
                 raise SystemExit(f"provisioning failed: {r.text}")
+            _subscribe(url, kms_url, operator_token, key_arn)
             token = c.post(f"/v1/tenants/{TENANT}/sessions",
                            json={"email": ADMIN[0], "password": ADMIN[1]}).json()["token"]
-        warehouse = root / "warehouse.duckdb"
-        _warehouse(warehouse)
+        warehouse = root / "platform" / "warehouses" / TENANT / "warehouse.duckdb"
+        _warehouse(warehouse)  # in the tenant's warehouse folder, made at provisioning
         load_sample_data(url, token, warehouse)
         yield Demo(url, kms_url, key_arn, operator_token, (kms, platform))
     finally:

@@ -48,7 +48,8 @@ def serve(*, config_file: Path | None, host: str | None, port: int | None,
     app = create_app(platform)
     server = _Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                       timeout_graceful_shutdown=3),
+                       timeout_graceful_shutdown=3,
+                       proxy_headers=False),  # the platform reads them: trusted_proxies
         f"cmek listening on http://{bound_host}:{bound_port}",
     )
     try:

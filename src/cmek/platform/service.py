@@ -11,12 +11,13 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,17 +27,30 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from cmek import crashpoints
 from cmek.audit import AuditTrail
 from cmek.clock import Clock
+from cmek.crypto.rows import RowAuthenticator
 from cmek.customer.keys import VerifyReport, verify_key
 from cmek.db import create_engine
 from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
+from cmek.files import private_dir
 from cmek.keyring import Keyring, validate_tenant_id
 from cmek.keyring.table import data_keys
 from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
 from cmek.lifecycle import Durations, KeyState, Lifecycle, TenantKeyState
-from cmek.platform import connectors
+from cmek.platform.clients import parse_networks
 from cmek.platform.cluster import Cluster
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, TokenInfo
+from cmek.platform.key_events import HEADER as EVENT_HEADER
+from cmek.platform.key_events import KeyEventGate, check_event
+from cmek.platform.tenant_db import TenantDatabases
+from cmek.platform.warehouse import (
+    EgressPolicy,
+    QueryLimits,
+    QueryRunner,
+    Warehouses,
+    connection_view,
+)
+from cmek.platform.warehouse.egress import database_endpoints
 from cmek.stores.backup import (
     BackupInfo,
     RestoreJournal,
@@ -142,21 +156,24 @@ class Platform:
     def __init__(self, settings: Settings, clock: Clock, kms: Kms | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(settings.data_dir)
         self.engine = create_engine(settings.database_url)
-        self.control = ControlPlane(self.engine)
-        tenant_dbs.metadata.create_all(self.engine)
+        self.rows = RowAuthenticator(integrity_key(settings))
+        self.control = ControlPlane(self.engine, self.rows)
         self.audit = AuditTrail(self.engine, clock)
         self.kms: Kms = kms or BotoKms(KmsSettings(
             region=settings.kms_region, endpoint_url=settings.kms_endpoint_url,
             connect_timeout=settings.kms_connect_timeout,
             read_timeout=settings.kms_read_timeout))
-        self.keyring = Keyring(self.kms, self.engine, clock, self.audit,
+        self.keyring = Keyring(self.kms, self.engine, clock, self.audit, rows=self.rows,
                                ttl=settings.data_key_ttl,
                                refresh_ahead=min(30.0, settings.data_key_ttl / 2))
+        self.databases = TenantDatabases(self.engine, settings.database_url, settings.data_dir,
+                                         self.keyring)
         self.objects: ObjectStore = open_object_store(
             settings.object_store, s3_endpoint_url=settings.s3_endpoint_url)
         self.hasher = PasswordHasher()
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.lifecycle = Lifecycle(
             self.kms, self.engine, self.keyring, self.audit, clock,
             Durations(check_interval=settings.check_interval,
@@ -175,12 +192,27 @@ class Platform:
         self._index_locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
         self._rewrap_locks: dict[str, threading.Lock] = {}
+        self.key_events = KeyEventGate(self.engine, self.rows,
+                                       check_interval=settings.event_check_interval,
+                                       max_per_minute=settings.event_max_per_minute)
         self.restores = RestoreJournal(self.engine)
         self._unrestored: set[str] = set()  # a restore cut short, not yet finished
+        self._recent_locks: dict[str, tuple[float, TenantKeyState]] = {}
+        self.warehouses = Warehouses(
+            settings.warehouse_dir,
+            EgressPolicy.parse(settings.warehouse_allow,
+                               blocked=database_endpoints(settings.database_url)),
+            QueryRunner(QueryLimits(
+                max_rows=settings.query_max_rows,
+                max_result_bytes=settings.query_max_result_bytes,
+                wall_seconds=settings.query_timeout, cpu_seconds=settings.query_cpu_seconds,
+                memory_bytes=settings.query_memory_mb << 20),
+                max_running=settings.query_max_running, per_tenant=settings.query_per_tenant))
 
     def close(self) -> None:
         self.cluster.stop()
         self.workers.stop_all()
+        self.warehouses.close()
         for store in list(self._stores.values()):
             store.close()
         self.engine.dispose()
@@ -204,6 +236,7 @@ class Platform:
         with contextlib.suppress(TenantExists):  # registered before a crash cut this short
             self.keyring.register_tenant(tenant_id, key_arn)
         crashpoints.reached("provision.registered")
+        self.warehouses.prepare(tenant_id)
         store = self.store(tenant_id)
         admin = store.create_user(admin_email, self.hasher.hash(admin_password), "admin")
         store.log("tenant_provisioned", "operator", {"admin_user": admin["user_id"]})
@@ -225,39 +258,6 @@ class Platform:
 
     def tenant_ids(self) -> list[str]:
         return [t["tenant_id"] for t in self.control.list_tenants()]
-
-    def tenant_engine(self, tenant_id: str) -> sa.Engine:
-        """Each tenant its own database: a SQLite file in its own folder, or, with a
-        PostgreSQL control plane, a schema owned by a role of its own."""
-        if self.settings.tenant_backend == "postgresql":
-            return self._postgres_tenant_engine(tenant_id)
-        folder = Path(self.settings.data_dir) / "tenants" / tenant_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return create_engine(f"sqlite:///{folder / 'tenant.sqlite3'}")
-
-    def _postgres_tenant_engine(self, tenant_id: str) -> sa.Engine:
-        """The role's password is sealed under the tenant's own key: without the key the
-        platform cannot even log in to the tenant's schema."""
-        name = tenant_db_name(tenant_id)
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(tenant_dbs.c.sealed_password)
-                               .where(tenant_dbs.c.tenant_id == tenant_id)).first()
-        if row is None:
-            password = secrets.token_urlsafe(24)
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN PASSWORD \'{password}\'')
-                conn.exec_driver_sql(f'CREATE SCHEMA "{name}" AUTHORIZATION "{name}"')
-                conn.execute(tenant_dbs.insert().values(
-                    tenant_id=tenant_id, name=name, sealed_password=self.keyring.seal(
-                        tenant_id, "auth", "db/password", password.encode())))
-        else:
-            password = self.keyring.open(tenant_id, "auth", "db/password",
-                                         bytes(row[0])).decode()
-        url = sa.make_url(self.settings.database_url.replace(
-            "postgresql://", "postgresql+psycopg://", 1))
-        url = url.set(username=name, password=password,
-                      query={"options": f"-csearch_path={name}"})
-        return sa.create_engine(url, pool_size=4, max_overflow=4)
 
     def guard(self, tenant_id: str) -> None:
         """Refuse (423) everything of a tenant whose key is not usable; read from the
@@ -283,26 +283,10 @@ class Platform:
             if store is None:
                 if self.control.tenant(tenant_id) is None:
                     raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
-                store = TenantStore(tenant_id, self.keyring, self.tenant_engine(tenant_id),
+                store = TenantStore(tenant_id, self.keyring, self.databases.engine(tenant_id),
                                     self.clock)
                 self._stores[tenant_id] = store
             return store
-
-    def close_tenant_database(self, tenant_id: str) -> None:
-        """PostgreSQL: no new logins for the tenant's role, its sessions terminated."""
-        if self.settings.tenant_backend != "postgresql":
-            return
-        name = tenant_db_name(tenant_id)
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(f'ALTER ROLE "{name}" NOLOGIN')
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE usename = '{name}'")
-
-    def open_tenant_database(self, tenant_id: str) -> None:
-        if self.settings.tenant_backend != "postgresql":
-            return
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(f'ALTER ROLE "{tenant_db_name(tenant_id)}" LOGIN')
 
     # --- rewrap ---------------------------------------------------------------------------
     def rewrap(self, tenant_id: str, new_key_arn: str | None) -> dict[str, Any]:
@@ -331,17 +315,19 @@ class Platform:
     # --- authentication -------------------------------------------------------------------
     def login(self, tenant_id: str, email: str, password: str,
               client: str | None = None) -> tuple[str, float | None]:
-        """``client`` is the caller's address: failures are counted per (tenant, email)
-        and per client, and either one over its limit refuses every sign-in it covers."""
+        """``client`` is the caller's address (cmek.platform.clients): failures are
+        counted per account and client, which backs off (login_backoff, then doubling), and per
+        client across accounts, which is refused for a while. Nobody can lock an account
+        out for anyone else: a guesser slows down only its own attempts."""
         self.guard(tenant_id)
         store = self.store(tenant_id)
-        account = _subject("account", tenant_id, store.email_lookup(email))
-        limits = [(account, self.settings.login_max_failures)]
-        if client:
-            limits.append((_subject("client", client),
-                           self.settings.login_max_failures_per_client))
+        client = client or "unknown"
+        account = _subject("account", tenant_id, store.email_lookup(email), client)
+        limits = [(account, self.settings.login_max_failures, True),
+                  (_subject("client", client), self.settings.login_max_failures_per_client,
+                   False)]
         now = self.clock.now()
-        locked_until = self.control.login_locked_until([s for s, _ in limits], now)
+        locked_until = self.control.login_locked_until([s for s, _, _ in limits], now)
         if locked_until is not None:  # checked before the password: a right one is refused
             store.log("login_throttled", "anonymous", {})
             raise TooManyAttempts(locked_until - now)
@@ -352,7 +338,8 @@ class Platform:
                 raise VerifyMismatchError
             self.hasher.verify(user["password_hash"], password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            self.control.login_failed(limits, self.clock.now(), self.settings.login_lockout)
+            self.control.login_failed(limits, self.clock.now(), self.settings.login_lockout,
+                                      self.settings.login_backoff)
             store.log("login_failed", "anonymous", {})
             raise Unauthorized("wrong email or password") from None
         self.control.login_succeeded(account)
@@ -543,19 +530,21 @@ class Platform:
     def put_connection(self, caller: Caller, name: str, kind: str, config: dict[str, Any],
                        credentials: dict[str, Any]) -> None:
         require_admin(caller)
-        connectors.validate_connection(kind, config, credentials)
+        stored = self.warehouses.check(caller.tenant_id, kind, config, credentials)
         store = self.store(caller.tenant_id)
-        store.put_connection(name, kind, config, credentials)
+        store.put_connection(name, kind, stored, credentials)
         store.log("connection_saved", caller.user_id, {"name": name})
 
     def connection_view(self, caller: Caller, name: str) -> dict[str, Any]:
         conn = self.store(caller.tenant_id).get_connection(name)
-        return {"name": name, "type": conn["type"], "config": conn["config"]}
+        return {"name": name, "type": conn["type"],
+                "config": connection_view(conn["type"], conn["config"])}
 
     def query(self, caller: Caller, name: str, sql: str) -> dict[str, Any]:
         store = self.store(caller.tenant_id)
         conn = store.get_connection(name)
-        result = connectors.run_query(conn["type"], conn["config"], conn["credentials"], sql)
+        result = self.warehouses.query(caller.tenant_id, conn["type"], conn["config"],
+                                       conn["credentials"], sql)
         payload = result.to_json()
         result_id = _result_id(name, sql)
         self.objects.put(f"tenants/{caller.tenant_id}/results/{result_id}", self.keyring.seal(
@@ -573,6 +562,9 @@ class Platform:
     # --- schedules and jobs ----------------------------------------------------------------
     def create_schedule(self, caller: Caller, name: str, connection: str, sql: str,
                         every_seconds: float) -> dict[str, Any]:
+        if every_seconds < self.settings.schedule_min_period:
+            raise InvalidInput(f"every_seconds must be at least "
+                               f"{self.settings.schedule_min_period:g}")
         store = self.store(caller.tenant_id)
         store.get_connection(connection)  # NotFound before anything is stored
         schedule = store.create_schedule(name, connection, sql, every_seconds)
@@ -634,8 +626,8 @@ class Platform:
         try:
             spec = store.get_schedule(schedule_id)
             conn = store.get_connection(spec["connection"])
-            result = connectors.run_query(conn["type"], conn["config"], conn["credentials"],
-                                          spec["sql"])
+            result = self.warehouses.query(store.tenant, conn["type"], conn["config"],
+                                           conn["credentials"], spec["sql"])
             key = f"tenants/{store.tenant}/results/run-{schedule_id}-{int(started)}"
             self.objects.put(key, self.keyring.seal(store.tenant, "warehouse_data",
                                                     key.split("/", 2)[2],
@@ -757,31 +749,48 @@ class Platform:
         return {"restores_resumed": restores, "rewraps_resumed": rewraps}
 
     # --- key events -----------------------------------------------------------------------
-    def key_event(self, event: dict[str, Any]) -> list[str]:
-        """Record an EventBridge KMS event against every tenant whose key it names; the
-        lifecycle engine acts on it. Duplicates and reordering are harmless: each is a
-        prompt to look at the key, never a state by itself."""
-        resources = event.get("resources")
-        if event.get("source") != "aws.kms" or not isinstance(resources, list):
-            raise InvalidInput("not an EventBridge KMS event")
-        raw_detail = event.get("detail")
-        detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
-        names = {str(r) for r in resources if isinstance(r, str)}
-        tenants = [t["tenant_id"] for t in self.control.list_tenants() if t["key_arn"] in names]
-        for tenant_id in tenants:
-            self.audit.append(tenant_id, "key_event", {
-                "detail_type": str(event.get("detail-type", ""))[:100],
-                "event_id": str(event.get("id", ""))[:100],
-                "event_name": str(detail.get("eventName", ""))[:100],
-                "request_id": str(detail.get("requestID", ""))[:100],
-            })
-            self.lifecycle.check(tenant_id, cause="event")
-        return tenants
+    def issue_event_credential(self, tenant_id: str) -> dict[str, str]:
+        """A new event secret for the tenant's endpoint (the old one stops working); shown
+        once, for the customer's EventBridge API destination."""
+        self.tenant_view(tenant_id)  # UnknownTenant first
+        secret = self.key_events.issue(tenant_id, self.clock.now())
+        self.audit.append(tenant_id, "event_credential_issued", {})
+        return {"url_path": f"/v1/tenants/{tenant_id}/key-events", "header": EVENT_HEADER,
+                "secret": secret}
+
+    def key_event(self, tenant_id: str, secret: str | None,
+                  event: dict[str, Any]) -> dict[str, Any]:
+        """An EventBridge KMS event for this tenant: authentic (its own secret), about its
+        own key, within its budget; then at most one key check per interval. Duplicates
+        and reordering are harmless: each is a prompt to look at the key."""
+        row = self.control.tenant(tenant_id)
+        if row is None or not self.key_events.authentic(tenant_id, secret):
+            raise Unauthorized(f"missing or wrong {EVENT_HEADER}")
+        recorded = check_event(event, row["key_arn"])
+        now = self.clock.now()
+        self.key_events.admit(tenant_id, now)
+        self.audit.append(tenant_id, "key_event", recorded)
+        if not self.key_events.claim(tenant_id, now):
+            return {"tenant_id": tenant_id, "check": "coalesced"}
+        state = self.lifecycle.check(tenant_id, cause="event")
+        return {"tenant_id": tenant_id, "check": "done", "state": state.state.value}
+
+    def run_owed_event_checks(self) -> int:
+        """The checks that coalesced events left owed, once their interval has passed."""
+        done = 0
+        now = self.clock.now()
+        for tenant_id in self.key_events.owed(now):
+            if self.key_events.claim(tenant_id, now):
+                with contextlib.suppress(CmekError):
+                    self.lifecycle.check(tenant_id, cause="event")
+                done += 1
+        return done
 
     def enforce_locally(self, tenant_id: str) -> None:
         """Another process changed the tenant's key state: act on it in this one."""
         state = self.lifecycle.state(tenant_id)
         if not state.state.serving:
+            self.note_lock(tenant_id, state)
             self.keyring.purge(tenant_id, reason=f"announced:{state.state.value}")
             self.workers.stop(tenant_id)
             with self._lock:
@@ -795,18 +804,36 @@ class Platform:
             if store is not None:
                 store.reopen()
 
+    def note_lock(self, tenant_id: str, state: TenantKeyState) -> None:
+        """Remember when this process began to lock the tenant, and why."""
+        with self._lock:
+            self._recent_locks[tenant_id] = (time.monotonic(), state)
+
+    def lock_met(self, tenant_id: str, since: float) -> TenantKeyState | None:
+        """Why a request of the tenant that began at ``since`` (monotonic) was cut short,
+        if a lock did it: the state now if the key is still away, else the state of a lock
+        that began while the request ran (it may be over by the time the request answers).
+        None if no lock touched it. Reads a state; never writes one."""
+        current = self.lifecycle.states.get(tenant_id)
+        if current is not None and not current.state.serving:
+            return current
+        with self._lock:
+            recent = self._recent_locks.get(tenant_id)
+        return recent[1] if recent is not None and recent[0] >= since else None
+
     def run_monitor(self) -> int:
         """Poll the tenants whose check is due (spread with jitter, within the budget);
         only the leader process does."""
         if not self.cluster.is_leader():
             return 0
+        owed = self.run_owed_event_checks()
         due = self.lifecycle.due(self.tenant_ids())
         for tenant_id in due:
             try:
                 self.lifecycle.check(tenant_id, cause="poll")
             except CmekError:
                 continue
-        return len(due)
+        return owed + len(due)
 
 
 def validate_sso(config: dict[str, Any]) -> dict[str, Any]:
@@ -901,6 +928,7 @@ class TenantEnforcer:
     def lock(self, tenant_id: str, state: TenantKeyState) -> None:
         """In order of urgency; the steps taken are recorded in the audit trail."""
         p = self.platform
+        p.note_lock(tenant_id, state)
         purged = p.keyring.purge(tenant_id, reason=f"locked:{state.reason}")
         revoked = p.control.revoke_tenant(tenant_id, p.clock.now())
         p.workers.stop(tenant_id)
@@ -909,7 +937,7 @@ class TenantEnforcer:
             store = p._stores.get(tenant_id)
         if store is not None:
             store.close()
-        p.close_tenant_database(tenant_id)
+        p.databases.close(tenant_id)
         p.audit.append(tenant_id, "tenant_locked", {
             "state": state.state.value, "reason": state.reason,
             "steps": ["data_keys_purged", "requests_refused", "tokens_revoked",
@@ -918,7 +946,7 @@ class TenantEnforcer:
 
     def restart(self, tenant_id: str) -> None:
         p = self.platform
-        p.open_tenant_database(tenant_id)
+        p.databases.open(tenant_id)
         with p._lock:
             store = p._stores.get(tenant_id)
         if store is not None:
@@ -947,28 +975,35 @@ class TenantEnforcer:
         prefix = f"tenants/{tenant_id}/"
         objects = p.objects.sweep(prefix) + p.objects.delete_prefix(prefix)
         crashpoints.reached("shred.objects_deleted")
+        warehouse_files = p.warehouses.remove(tenant_id)
+        with p._lock:
+            store = p._stores.pop(tenant_id, None)
+        if store is not None:
+            store.close()
+        database_dropped = p.databases.drop(tenant_id)
         p.restores.forget(tenant_id)
         p.control.revoke_tenant(tenant_id, p.clock.now())
         with p.engine.connect() as conn:  # what the attestation attests: nothing is left
             keys_left = conn.execute(sa.select(sa.func.count()).select_from(data_keys).where(
                 data_keys.c.tenant_id == tenant_id)).scalar_one()
         return {"data_keys_deleted": int(keys), "objects_deleted": objects,
+                "warehouse_files_deleted": warehouse_files,
+                "tenant_database_dropped": database_dropped,
                 "data_keys_remaining": int(keys_left),
                 "objects_remaining": len(p.objects.list(prefix))}
 
 
-tenant_dbs = sa.Table(
-    "platform_tenant_databases", sa.MetaData(),
-    sa.Column("tenant_id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(63), nullable=False),
-    sa.Column("sealed_password", sa.LargeBinary, nullable=False),
-)
-
-
-def tenant_db_name(tenant_id: str) -> str:
-    """Role and schema name: readable, unique (hash suffix), within PostgreSQL's 63."""
-    digest = hashlib.sha256(tenant_id.encode()).hexdigest()[:8]
-    return f"cmek_{tenant_id[:40].replace('-', '_')}_{digest}"
+def integrity_key(settings: Settings) -> bytes:
+    """The key that tags control-plane rows: the setting, or for a single process on
+    SQLite a random one made once in data_dir (0600), never in the database."""
+    if settings.integrity_key is not None:
+        return settings.integrity_key.get_secret_value().encode()
+    path = settings.data_dir / "integrity.key"
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()
 
 
 def _verification(report: VerifyReport, cause: str) -> dict[str, Any]:

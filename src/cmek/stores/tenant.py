@@ -4,7 +4,9 @@ A tenant is an isolated environment: its own database (a SQLite file, or a Postg
 schema with its own role), its own object prefix and its own search index. Only
 identifiers needed for routing (object ids, connection names, user ids, schedule ids,
 timestamps, run status and error codes) are stored in clear; docs/coverage.md lists them.
-Everything else goes through the keyring, bound to (tenant, category, object id).
+Everything else goes through the keyring, bound to (tenant, category, object id) and,
+for rows that change (objects, users, connections, settings), to the row's version: an
+older ciphertext put back into a row that has moved on does not open.
 
 The store can be closed and reopened: the lifecycle engine closes it when the tenant's
 key goes away, and every call on a closed store raises ``StoreClosed``.
@@ -42,6 +44,7 @@ objects = sa.Table(
 users = sa.Table(
     "users", metadata,
     sa.Column("user_id", sa.String(36), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("email_lookup", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
@@ -54,12 +57,14 @@ secrets_table = sa.Table(
 connections = sa.Table(
     "connections", metadata,
     sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
 )
 settings_table = sa.Table(
     "settings", metadata,
     sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("sealed", sa.LargeBinary, nullable=False),
 )
@@ -266,24 +271,25 @@ class TenantStore:
                             .where(users.c.email_lookup == lookup)).first() is not None:
                 raise Conflict("a user with that email already exists")
             conn.execute(users.insert().values(
-                user_id=user_id, email_lookup=lookup, created_at=record["created_at"],
-                sealed=self._seal("auth", f"user/{user_id}", record)))
+                user_id=user_id, version=1, email_lookup=lookup, created_at=record["created_at"],
+                sealed=self._seal("auth", f"user/{user_id}/1", record)))
         return record
+
+    def _user(self, row: sa.Row[Any]) -> dict[str, Any]:
+        return dict(self._open("auth", f"user/{row.user_id}/{row.version}", row.sealed))
 
     def find_user(self, email: str) -> dict[str, Any] | None:
         lookup = self._email_lookup(email)
         with self._read() as conn:
             row = conn.execute(sa.select(users).where(users.c.email_lookup == lookup)).first()
-        if row is None:
-            return None
-        return dict(self._open("auth", f"user/{row.user_id}", row.sealed))
+        return None if row is None else self._user(row)
 
     def get_user(self, user_id: str) -> dict[str, Any]:
         with self._read() as conn:
             row = conn.execute(sa.select(users).where(users.c.user_id == user_id)).first()
         if row is None:
             raise NotFound("no such user")
-        return dict(self._open("auth", f"user/{row.user_id}", row.sealed))
+        return self._user(row)
 
     def has_users(self) -> bool:
         """Without opening anything: a tenant without users is one whose provisioning a
@@ -294,24 +300,25 @@ class TenantStore:
     def list_users(self) -> list[dict[str, Any]]:
         with self._read() as conn:
             rows = list(conn.execute(sa.select(users).order_by(users.c.created_at)))
-        return [dict(self._open("auth", f"user/{r.user_id}", r.sealed)) for r in rows]
+        return [self._user(r) for r in rows]
 
     # --- connections ----------------------------------------------------------------------
     def put_connection(self, name: str, kind: str, config: dict[str, Any],
                        credentials: dict[str, Any]) -> None:
         _id(name, "connection name")
-        sealed = self._seal("warehouse_credentials", f"connection/{name}",
-                            {"type": kind, "config": config, "credentials": credentials})
+        value = {"type": kind, "config": config, "credentials": credentials}
         now = self.clock.now()
         with self._tx() as conn:
-            exists = conn.execute(sa.select(connections.c.name)
-                                  .where(connections.c.name == name)).first()
-            if exists is None:
-                conn.execute(connections.insert().values(name=name, updated_at=now,
-                                                         sealed=sealed))
+            current = conn.execute(sa.select(connections.c.version)
+                                   .where(connections.c.name == name)).scalar()
+            version = (current or 0) + 1
+            row = {"version": version, "updated_at": now, "sealed": self._seal(
+                "warehouse_credentials", f"connection/{name}/{version}", value)}
+            if current is None:
+                conn.execute(connections.insert().values(name=name, **row))
             else:
                 conn.execute(connections.update().where(connections.c.name == name)
-                             .values(updated_at=now, sealed=sealed))
+                             .values(**row))
 
     def get_connection(self, name: str) -> dict[str, Any]:
         """The whole connection, credentials included: for the connector, never a reply."""
@@ -320,7 +327,8 @@ class TenantStore:
                                .where(connections.c.name == name)).first()
         if row is None:
             raise NotFound(f"no connection {name[:128]!r}")
-        return dict(self._open("warehouse_credentials", f"connection/{name}", row.sealed))
+        return dict(self._open("warehouse_credentials", f"connection/{name}/{row.version}",
+                               row.sealed))
 
     def list_connections(self) -> list[str]:
         with self._read() as conn:
@@ -336,18 +344,22 @@ class TenantStore:
     # --- settings (SSO) -------------------------------------------------------------------
     def put_setting(self, name: str, value: dict[str, Any]) -> None:
         _id(name, "setting name", 32)
-        sealed = self._seal("auth", f"setting/{name}", value)
         now = self.clock.now()
         with self._tx() as conn:
+            current = conn.execute(sa.select(settings_table.c.version)
+                                   .where(settings_table.c.name == name)).scalar()
+            version = (current or 0) + 1
             conn.execute(settings_table.delete().where(settings_table.c.name == name))
-            conn.execute(settings_table.insert().values(name=name, updated_at=now,
-                                                        sealed=sealed))
+            conn.execute(settings_table.insert().values(
+                name=name, version=version, updated_at=now,
+                sealed=self._seal("auth", f"setting/{name}/{version}", value)))
 
     def get_setting(self, name: str) -> dict[str, Any] | None:
         with self._read() as conn:
             row = conn.execute(sa.select(settings_table)
                                .where(settings_table.c.name == name)).first()
-        return None if row is None else dict(self._open("auth", f"setting/{name}", row.sealed))
+        return None if row is None else dict(
+            self._open("auth", f"setting/{name}/{row.version}", row.sealed))
 
     # --- activity log ---------------------------------------------------------------------
     def log(self, kind: str, actor: str, detail: dict[str, Any] | None = None) -> None:

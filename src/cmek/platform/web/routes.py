@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from cmek.errors import CmekError, UnknownTenant
 from cmek.kms import KeyRevoked, KmsUnavailable
 from cmek.lifecycle import KeyState
+from cmek.platform.clients import of_request
 from cmek.platform.service import (
     OBJECT_KINDS,
     Caller,
@@ -217,8 +218,8 @@ class Pages:
                                    403)
             try:
                 token, expires = platform.login(tenant, email, password,
-                                                client=request.client.host
-                                                if request.client else None)
+                                                client=of_request(request,
+                                                                  platform.trusted_proxies))
             except UnknownTenant:
                 return self.not_found()
             except TenantKeyUnavailable as e:

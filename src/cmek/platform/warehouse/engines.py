@@ -1,36 +1,32 @@
-"""Warehouse connectors: a tenant's stored connection runs read-only SQL against its warehouse.
+"""Running one read-only statement against a resolved target, in the current process.
 
-Read-only is enforced twice. A cheap check up front refuses anything but one statement of a
-read kind, so the tenant gets a clear ``sql_not_read_only``; the warehouse itself then runs the
-statement in read-only mode (a DuckDB file opened ``read_only``, a PostgreSQL ``READ ONLY``
-transaction over the extended protocol, which also refuses a second statement), so a statement
-the first check lets through still cannot write.
+The platform never calls this itself: :mod:`cmek.platform.warehouse.sandbox` runs it in a
+query process of its own, under memory, CPU and time limits. Read-only is enforced twice:
+a cheap check up front refuses anything but one statement of a read kind (a clear
+``sql_not_read_only``), and the warehouse then runs it read-only (a DuckDB file opened
+``read_only``; a PostgreSQL ``READ ONLY`` transaction over the extended protocol, which
+also refuses a second statement).
 
-DuckDB runs inside this process, so it is opened with file access, extension loading and
-configuration changes turned off: a tenant's SELECT cannot read the platform's own files.
-
-Error mapping (``code``):
-  sql_not_read_only      not exactly one SELECT-like statement, or the warehouse refused a write
-  invalid_connection     bad type/config/credentials, a missing or non-DuckDB file, a
-                         PostgreSQL database that does not exist, SSL required but unsupported
-  warehouse_auth_failed  PostgreSQL refused the user or password
-  warehouse_unreachable  connection refused, unknown host, connect timeout, dropped connection,
-                         a DuckDB file locked by another process
-  warehouse_error        the warehouse refused the SQL (syntax, unknown table, statement
-                         timeout, ...); the message is the warehouse's first line, <= 300 chars
-No message ever contains the connection's password: if one would, a generic message is used.
+DuckDB is opened with file access, extension loading, spilling and configuration changes
+off, one thread and a memory limit: a tenant's SELECT reads its own file and nothing else.
+PostgreSQL is reached at the pinned address only; the server must prove its name
+(``verify-full`` by default) and may not ask for the password in clear or as md5, so a
+fake server learns nothing; the platform's own password files, service files and client
+certificates are never read.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import math
 import os
 import re
+import tempfile
 import threading
 import uuid
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
@@ -38,35 +34,47 @@ from typing import Any, cast
 import duckdb
 import psycopg
 from psycopg import capabilities
+from psycopg.conninfo import make_conninfo
 
-from cmek.errors import CmekError, InvalidInput
+from cmek.errors import InvalidInput
+from cmek.platform.warehouse.connections import Target
+from cmek.platform.warehouse.errors import (
+    ConnectorError,
+    InvalidConnection,
+    QueryResourcesExceeded,
+    QueryResultTooLarge,
+    QueryTimeout,
+    SqlNotReadOnly,
+    WarehouseAuthFailed,
+    WarehouseNotVerified,
+    WarehouseUnreachable,
+)
 
-CONNECTION_TYPES = ("duckdb", "postgres")
-SSL_MODES = ("disable", "prefer", "require")
 MAX_SQL_CHARS = 100_000
 MAX_MESSAGE_CHARS = 300
 MAX_CONNECT_TIMEOUT_S = 10
 _APPLICATION_NAME = "cmek-connector"
+# Neither hands a fake server the password (cleartext) or a hash it can attack (md5).
+_REQUIRE_AUTH = "!password,!md5"
 
 
-class ConnectorError(CmekError):
-    code = "warehouse_error"
+@dataclass(frozen=True)
+class QueryLimits:
+    """Per query. ``memory_bytes`` and ``cpu_seconds`` bind the query process; the rest
+    bind the answer and the clock."""
 
+    max_rows: int = 10_000
+    max_result_bytes: int = 4 * 1024 * 1024
+    wall_seconds: float = 30.0
+    cpu_seconds: float = 30.0
+    memory_bytes: int = 1024 * 1024 * 1024
 
-class SqlNotReadOnly(ConnectorError):
-    code = "sql_not_read_only"
-
-
-class InvalidConnection(ConnectorError):
-    code = "invalid_connection"
-
-
-class WarehouseAuthFailed(ConnectorError):
-    code = "warehouse_auth_failed"
-
-
-class WarehouseUnreachable(ConnectorError):
-    code = "warehouse_unreachable"
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_result_bytes < 1024 or self.memory_bytes < 1 << 26:
+            raise ValueError("query limits: max_rows >= 1, max_result_bytes >= 1 KiB, "
+                             "memory_bytes >= 64 MiB")
+        if not (0 < self.wall_seconds < math.inf and 0 < self.cpu_seconds < math.inf):
+            raise ValueError("query limits: wall_seconds and cpu_seconds must be > 0")
 
 
 @dataclass(frozen=True)
@@ -80,82 +88,25 @@ class QueryResult:
                 "truncated": self.truncated}
 
 
-# --- validation ---------------------------------------------------------------------------
+def check_sql(sql: object) -> str:
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidInput("sql must be a non-empty string")
+    if len(sql) > MAX_SQL_CHARS:
+        raise InvalidInput(f"sql must be at most {MAX_SQL_CHARS} characters")
+    if "\x00" in sql:
+        raise InvalidInput("sql must not contain NUL characters")
+    return sql
 
 
-def _field_name(name: object) -> str:
-    """A tenant-chosen key, shown in a message: bounded, one line, never a value."""
-    text = name if isinstance(name, str) else type(name).__name__
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= 64 else text[:61] + "..."
+def execute(target: Target, sql: str, limits: QueryLimits) -> QueryResult:
+    """Run one read-only statement; at most ``limits.max_rows`` rows come back."""
+    check_sql(sql)
+    if target.kind == "duckdb":
+        return _run_duckdb(target.path, sql, limits)
+    return _run_postgres(target, sql, limits)
 
 
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidConnection(f"{where} must be an object")
-    for key in value:
-        if not isinstance(key, str):
-            raise InvalidConnection(f"{where} keys must be strings")
-    return value
-
-
-def _check_fields(value: Mapping[str, Any], where: str, required: Iterable[str],
-                  optional: Iterable[str] = ()) -> None:
-    required = tuple(required)
-    allowed = set(required) | set(optional)
-    for key in value:
-        if key not in allowed:
-            raise InvalidConnection(f"unexpected field {where}.{_field_name(key)}")
-    for key in required:
-        if key not in value:
-            raise InvalidConnection(f"missing field {where}.{key}")
-
-
-def _text(value: object, where: str, *, max_len: int, allow_empty: bool = False) -> str:
-    """A string field; the value itself is never put in the message."""
-    if not isinstance(value, str):
-        raise InvalidConnection(f"{where} must be a string")
-    if not value and not allow_empty:
-        raise InvalidConnection(f"{where} must not be empty")
-    if len(value) > max_len:
-        raise InvalidConnection(f"{where} must be at most {max_len} characters")
-    if "\x00" in value:
-        raise InvalidConnection(f"{where} must not contain NUL characters")
-    return value
-
-
-def validate_connection(kind: str, config: Mapping[str, Any],
-                        credentials: Mapping[str, Any]) -> None:
-    """Refuse a connection that could not work, before it is stored or used."""
-    if kind not in CONNECTION_TYPES:
-        raise InvalidConnection(
-            f"type must be one of {', '.join(CONNECTION_TYPES)}")
-    config = _mapping(config, "config")
-    credentials = _mapping(credentials, "credentials")
-    if kind == "duckdb":
-        _check_fields(config, "config", ("path",))
-        path = _text(config["path"], "config.path", max_len=4096)
-        if not os.path.isabs(path):
-            raise InvalidConnection("config.path must be an absolute path")
-        if not os.path.isfile(path):
-            raise InvalidConnection("config.path is not an existing file")
-        return
-    _check_fields(config, "config", ("host", "database"), ("port", "sslmode"))
-    host = _text(config["host"], "config.host", max_len=255)
-    if any(ch.isspace() or not ch.isprintable() for ch in host) or "," in host:
-        raise InvalidConnection("config.host must be a single host name or address")
-    _text(config["database"], "config.database", max_len=63)
-    port = config.get("port", 5432)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidConnection("config.port must be an integer from 1 to 65535")
-    if "sslmode" in config and config["sslmode"] not in SSL_MODES:
-        raise InvalidConnection(f"config.sslmode must be one of {', '.join(SSL_MODES)}")
-    _check_fields(credentials, "credentials", ("user", "password"))
-    _text(credentials["user"], "credentials.user", max_len=63)
-    _text(credentials["password"], "credentials.password", max_len=1024, allow_empty=True)
-
-
-# --- messages -----------------------------------------------------------------------------
+# --- messages and values ------------------------------------------------------------------
 
 
 def _one_line(message: str) -> str:
@@ -169,9 +120,6 @@ def _scrub(message: str, secrets: Iterable[str], fallback: str) -> str:
     if any(secret and secret in message for secret in secrets):
         return fallback
     return _one_line(message)
-
-
-# --- values -------------------------------------------------------------------------------
 
 
 def _json_value(value: Any) -> Any:
@@ -202,72 +150,65 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _collect(columns: list[str], rows: Iterator[tuple[Any, ...]], max_rows: int) -> QueryResult:
+def _collect(columns: list[str], rows: Iterator[tuple[Any, ...]],
+             limits: QueryLimits) -> QueryResult:
+    """Rows up to the row cap; the answer's JSON size is counted as it grows, so an
+    oversized result is refused before it is all held."""
+    budget = limits.max_result_bytes - len(json.dumps(columns).encode())
     out: list[list[Any]] = []
     truncated = False
     for row in rows:
-        if len(out) == max_rows:
+        if len(out) == limits.max_rows:
             truncated = True
             break
-        out.append([_json_value(v) for v in row])
+        cells = [_json_value(v) for v in row]
+        budget -= len(json.dumps(cells, ensure_ascii=False).encode()) + 1
+        if budget < 0:
+            raise QueryResultTooLarge(
+                f"the result is larger than {limits.max_result_bytes} bytes; "
+                "select fewer rows or columns")
+        out.append(cells)
     return QueryResult(columns=columns, rows=out, truncated=truncated)
-
-
-# --- entry point --------------------------------------------------------------------------
-
-
-def run_query(kind: str, config: Mapping[str, Any], credentials: Mapping[str, Any], sql: str,
-              *, max_rows: int = 10_000, timeout_s: float = 30.0) -> QueryResult:
-    """Run one read-only statement; at most ``max_rows`` rows come back."""
-    if not isinstance(sql, str) or not sql.strip():
-        raise InvalidInput("sql must be a non-empty string")
-    if len(sql) > MAX_SQL_CHARS:
-        raise InvalidInput(f"sql must be at most {MAX_SQL_CHARS} characters")
-    if "\x00" in sql:
-        raise InvalidInput("sql must not contain NUL characters")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise InvalidInput("max_rows must be a positive integer")
-    if not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf:
-        raise InvalidInput("timeout_s must be a positive number")
-    validate_connection(kind, config, credentials)
-    if kind == "duckdb":
-        return _run_duckdb(str(config["path"]), sql, max_rows, float(timeout_s))
-    return _run_postgres(config, credentials, sql, max_rows, float(timeout_s))
 
 
 # --- DuckDB -------------------------------------------------------------------------------
 
-_DUCKDB_READ_TYPES = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
-# The tenant's SQL runs in this process: no files but the database, no extensions, no SET.
-_DUCKDB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
-    "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-    "allow_community_extensions": False,
-    "lock_configuration": True,
-}
+
+def _duckdb_config(limits: QueryLimits) -> dict[str, str | bool | int | float | list[str]]:
+    return {
+        "enable_external_access": False,
+        "autoload_known_extensions": False,
+        "autoinstall_known_extensions": False,
+        "allow_community_extensions": False,
+        "temp_directory": "",  # no spilling to disk: memory is the limit
+        "threads": 1,
+        "memory_limit": f"{max(32, limits.memory_bytes // 2 >> 20)}MB",
+    }
 
 
 def _duckdb_statement(sql: str) -> Any:
+    """Exactly one SELECT. EXPLAIN is refused too: ``EXPLAIN ANALYZE`` runs what it wraps."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise ConnectorError(_one_line(str(exc))) from None
     if len(statements) != 1:
-        raise SqlNotReadOnly(
-            f"sql must be exactly one statement, found {len(statements)}")
+        raise SqlNotReadOnly(f"sql must be exactly one statement, found {len(statements)}")
     statement = statements[0]
-    if statement.type not in _DUCKDB_READ_TYPES:
+    if statement.type is not duckdb.StatementType.SELECT:
         raise SqlNotReadOnly(
-            f"only SELECT and EXPLAIN statements are allowed, not {statement.type.name}")
+            f"only SELECT statements are allowed, not {statement.type.name}")
     return statement
 
 
-def _duckdb_open(path: str) -> duckdb.DuckDBPyConnection:
+def _duckdb_open(path: str, limits: QueryLimits) -> duckdb.DuckDBPyConnection:
     if not os.path.isfile(path):
         raise InvalidConnection("config.path is not an existing file")
     try:
-        return duckdb.connect(path, read_only=True, config=_DUCKDB_CONFIG)
+        conn = duckdb.connect(path, read_only=True, config=_duckdb_config(limits))
+        conn.execute("SET enable_progress_bar = false")  # it would write to the answer
+        conn.execute("SET lock_configuration = true")  # and from here on, nothing changes
+        return conn
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
@@ -279,27 +220,29 @@ def _duckdb_open(path: str) -> duckdb.DuckDBPyConnection:
         raise ConnectorError(_one_line(str(exc))) from None
 
 
-def _run_duckdb(path: str, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
+def _run_duckdb(path: str, sql: str, limits: QueryLimits) -> QueryResult:
     statement = _duckdb_statement(sql)
-    conn = _duckdb_open(path)
+    conn = _duckdb_open(path, limits)
     timed_out = threading.Event()
 
     def interrupt() -> None:
         timed_out.set()
         conn.interrupt()
 
-    timer = threading.Timer(timeout_s, interrupt)
+    timer = threading.Timer(limits.wall_seconds, interrupt)
     timer.daemon = True
     try:
         timer.start()
         cursor = conn.execute(statement)
         columns = [str(d[0]) for d in cursor.description or ()]
-        return _collect(columns, _duckdb_rows(cursor, max_rows), max_rows)
+        return _collect(columns, _duckdb_rows(cursor, limits.max_rows), limits)
+    except duckdb.OutOfMemoryException:
+        raise QueryResourcesExceeded("the query needed more memory than it may use") from None
     except duckdb.InterruptException:
-        raise ConnectorError(f"query cancelled after the {timeout_s:g} s timeout") from None
+        raise _timeout(limits) from None
     except duckdb.Error as exc:
         if timed_out.is_set():
-            raise ConnectorError(f"query cancelled after the {timeout_s:g} s timeout") from None
+            raise _timeout(limits) from None
         text = str(exc)
         if "read-only mode" in text:
             raise SqlNotReadOnly(_one_line(text)) from None
@@ -307,6 +250,10 @@ def _run_duckdb(path: str, sql: str, max_rows: int, timeout_s: float) -> QueryRe
     finally:
         timer.cancel()
         conn.close()
+
+
+def _timeout(limits: QueryLimits) -> QueryTimeout:
+    return QueryTimeout(f"query cancelled after the {limits.wall_seconds:g} s timeout")
 
 
 def _duckdb_rows(cursor: duckdb.DuckDBPyConnection, max_rows: int) -> Iterator[tuple[Any, ...]]:
@@ -383,7 +330,7 @@ def _pg_code_only(sql: str) -> str:
     return "".join(out)
 
 
-def _pg_check(sql: str) -> None:
+def pg_check(sql: str) -> None:
     code = _pg_code_only(sql)
     semicolon = code.find(";")
     if semicolon >= 0 and code[semicolon + 1:].strip():
@@ -400,36 +347,57 @@ _PG_AUTH_MARKERS = (
     "password authentication failed", "authentication failed", "no password supplied",
     "password is required", "role \"", "no pg_hba.conf entry", "not permitted to log in",
 )
+_PG_TLS_MARKERS = (
+    "ssl", "certificate", "does not match host name", "tls",
+)
 
 
 def _pg_connect_error(exc: psycopg.Error, secrets: tuple[str, ...]) -> ConnectorError:
     """Classify a failed connect; libpq gives no SQLSTATE here, only its message."""
     text = str(exc)
     lowered = text.lower()
+    if "authentication method requirement" in lowered:
+        return WarehouseAuthFailed(
+            "the warehouse asked for the password in clear or as md5; it was not sent "
+            "(use SCRAM authentication)")
     if "database \"" in lowered and "does not exist" in lowered:
         return InvalidConnection(_scrub(text, secrets, "the database does not exist"))
-    if "ssl" in lowered and ("does not support" in lowered or "not compiled" in lowered):
-        return InvalidConnection(_scrub(text, secrets, "the server does not support SSL"))
+    if any(marker in lowered for marker in _PG_TLS_MARKERS):
+        return WarehouseNotVerified(_scrub(
+            text, secrets, "TLS to the warehouse failed; the password was not sent"))
     if any(marker in lowered for marker in _PG_AUTH_MARKERS):
         return WarehouseAuthFailed(_scrub(text, secrets, "the warehouse refused the login"))
     return WarehouseUnreachable(_scrub(text, secrets, "could not connect to the warehouse"))
 
 
-def _run_postgres(config: Mapping[str, Any], credentials: Mapping[str, Any], sql: str,
-                  max_rows: int, timeout_s: float) -> QueryResult:
-    _pg_check(sql)
-    password = str(credentials["password"])
-    secrets = (password,)
-    try:
-        conn = psycopg.connect(
-            host=str(config["host"]), port=int(config.get("port", 5432)),
-            dbname=str(config["database"]), user=str(credentials["user"]), password=password,
-            sslmode=str(config.get("sslmode", "prefer")),
-            connect_timeout=max(1, min(MAX_CONNECT_TIMEOUT_S, math.ceil(timeout_s))),
-            application_name=_APPLICATION_NAME,
-        )
-    except psycopg.Error as exc:
-        raise _pg_connect_error(exc, secrets) from None
+def _pg_tls(target: Target, folder: str) -> dict[str, str]:
+    """libpq's TLS settings; a custom CA is written to the query process's own folder."""
+    tls = {"sslmode": target.sslmode, "sslcertmode": "disable"}
+    if target.sslmode.startswith("verify-"):
+        if target.ca_pem:
+            path = os.path.join(folder, "ca.pem")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(target.ca_pem)
+            tls["sslrootcert"] = path
+        else:
+            tls["sslrootcert"] = "system"
+    return tls
+
+
+def _run_postgres(target: Target, sql: str, limits: QueryLimits) -> QueryResult:
+    pg_check(sql)
+    secrets = (target.password,)
+    with tempfile.TemporaryDirectory(prefix="cmek-query-") as folder:
+        try:
+            conn = psycopg.connect(make_conninfo(
+                "", host=target.host, hostaddr=target.hostaddr, port=target.port,
+                dbname=target.database, user=target.user, password=target.password,
+                connect_timeout=max(1, min(MAX_CONNECT_TIMEOUT_S,
+                                           math.ceil(limits.wall_seconds))),
+                application_name=_APPLICATION_NAME, require_auth=_REQUIRE_AUTH,
+                passfile=os.path.join(folder, "none"), **_pg_tls(target, folder)))
+        except psycopg.Error as exc:
+            raise _pg_connect_error(exc, secrets) from None
     try:
         # Not autocommit: psycopg opens the transaction with BEGIN READ ONLY; close() rolls back.
         conn.read_only = True
@@ -437,19 +405,21 @@ def _run_postgres(config: Mapping[str, Any], credentials: Mapping[str, Any], sql
             cursor.execute(
                 "SELECT set_config('statement_timeout', %s, true),"
                 " set_config('TimeZone', 'UTC', true)",
-                (str(max(1, math.ceil(timeout_s * 1000))),),
+                (str(max(1, math.ceil(limits.wall_seconds * 1000))),),
             )
             # stream(): extended protocol (one statement only), rows fetched as needed
-            chunk = min(max_rows + 1, 1000) if capabilities.has_stream_chunked() else 1
+            chunk = min(limits.max_rows + 1, 1000) if capabilities.has_stream_chunked() else 1
             rows = cast(Generator[Any, None, None], cursor.stream(sql, size=chunk))
             try:
                 first = next(rows, None)
                 columns = [d.name for d in cursor.description or ()]
-                return _collect(columns, _chain(first, rows), max_rows)
+                return _collect(columns, _chain(first, rows), limits)
             finally:
                 rows.close()  # cancels the rest of a truncated result
     except psycopg.errors.ReadOnlySqlTransaction as exc:
         raise SqlNotReadOnly(_scrub(str(exc), secrets, "the warehouse refused a write")) from None
+    except psycopg.errors.QueryCanceled:
+        raise _timeout(limits) from None
     except psycopg.OperationalError as exc:
         if exc.sqlstate is None or exc.sqlstate.startswith("08"):
             raise WarehouseUnreachable(

@@ -1,0 +1,153 @@
+"""Key events from the customer (EventBridge, or kmslocal's stand-in): authentic, and cheap.
+
+Each tenant has its own event endpoint, ``POST /v1/tenants/{tenant}/key-events``, and its
+own secret, sent in ``X-Cmek-Event-Secret`` (an EventBridge API destination's API-key
+header). The secret is stored only as an HMAC under the platform's integrity key; it is
+checked without the tenant's key, so events still arrive while that key is revoked.
+
+An event is a prompt to look at the key, never a state by itself, so it costs the
+customer's KMS at most one check per tenant per ``check_interval``: the first event
+checks at once; the ones that follow within the interval are coalesced into one check
+when it ends (run by the monitor). Past ``max_per_minute`` events of a tenant, the rest
+are refused (429) before anything is recorded. An event must name the tenant's own key,
+or it is refused (403): one customer's events never touch another's key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cmek.crypto.rows import RowAuthenticator
+from cmek.errors import CmekError, InvalidInput
+from cmek.kms import KeyArn
+
+HEADER = "X-Cmek-Event-Secret"
+WINDOW = 60.0
+
+metadata = sa.MetaData()
+
+credentials = sa.Table(
+    "platform_event_credentials", metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("tag", sa.LargeBinary, nullable=False),
+)
+
+pacing = sa.Table(
+    "platform_key_event_pacing", metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("checked_at", sa.Float, nullable=True),  # the last check an event caused
+    sa.Column("owed", sa.Integer, nullable=False),  # 1: a coalesced check is due
+)
+
+
+class EventNotForTenant(CmekError):
+    code = "event_not_for_tenant"
+
+
+class TooManyEvents(CmekError):
+    code = "too_many_events"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many key events for this tenant; they are coalesced anyway")
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+def check_event(event: dict[str, Any], key_arn: str) -> dict[str, str]:
+    """An EventBridge KMS event about ``key_arn``, from the key's own account and Region;
+    returns what the audit trail records of it."""
+    resources = event.get("resources")
+    if event.get("source") != "aws.kms" or not isinstance(resources, list):
+        raise InvalidInput("not an EventBridge KMS event (source aws.kms, resources [...])")
+    key = KeyArn.parse(key_arn)
+    if key_arn not in resources or any(
+            field in event and event[field] != expected
+            for field, expected in (("account", key.account), ("region", key.region))):
+        raise EventNotForTenant("the event is not about this tenant's key")
+    detail = event.get("detail")
+    detail = detail if isinstance(detail, dict) else {}
+    return {"detail_type": str(event.get("detail-type", ""))[:100],
+            "event_id": str(event.get("id", ""))[:100],
+            "event_name": str(detail.get("eventName", ""))[:100],
+            "request_id": str(detail.get("requestID", ""))[:100]}
+
+
+class KeyEventGate:
+    """Credentials, the per-tenant budget and the coalescing, in the control plane: every
+    platform process shares them."""
+
+    def __init__(self, engine: sa.Engine, rows: RowAuthenticator, *, check_interval: float,
+                 max_per_minute: int) -> None:
+        self.engine = engine
+        self.rows = rows
+        self.check_interval = check_interval
+        self.max_per_minute = max_per_minute
+        metadata.create_all(engine)
+
+    # --- credentials ----------------------------------------------------------------------
+    def issue(self, tenant_id: str, now: float) -> str:
+        """A new secret for the tenant, replacing any earlier one; shown once."""
+        secret = f"cme_{secrets.token_urlsafe(32)}"
+        digest = self.rows.lookup("event", secret)
+        values = {"secret_hash": digest, "created_at": now,
+                  "tag": self.rows.tag("event_credentials", tenant_id, digest, now)}
+        with self.engine.begin() as conn:
+            conn.execute(credentials.delete().where(credentials.c.tenant_id == tenant_id))
+            conn.execute(credentials.insert().values(tenant_id=tenant_id, **values))
+        return secret
+
+    def authentic(self, tenant_id: str, secret: str | None) -> bool:
+        if not secret:
+            return False
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(credentials).where(
+                credentials.c.tenant_id == tenant_id)).first()
+        if row is None or not self.rows.valid("event_credentials", row.tag, tenant_id,
+                                              row.secret_hash, float(row.created_at)):
+            return False
+        return hmac.compare_digest(str(row.secret_hash), self.rows.lookup("event", secret))
+
+    # --- budget and coalescing ------------------------------------------------------------
+    def admit(self, tenant_id: str, now: float) -> None:
+        """Count an event against the tenant's budget, or refuse it (TooManyEvents)."""
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        expired = pacing.c.window_start <= now - WINDOW
+        with self.engine.begin() as conn:
+            conn.execute(insert(pacing).values(
+                tenant_id=tenant_id, window_start=now, events=1, checked_at=None, owed=0,
+            ).on_conflict_do_update(index_elements=[pacing.c.tenant_id], set_={
+                "events": sa.case((expired, 1), else_=pacing.c.events + 1),
+                "window_start": sa.case((expired, now), else_=pacing.c.window_start)}))
+            events, start = conn.execute(sa.select(pacing.c.events, pacing.c.window_start)
+                                         .where(pacing.c.tenant_id == tenant_id)).one()
+        if int(events) > self.max_per_minute:
+            raise TooManyEvents(float(start) + WINDOW - now)
+
+    def claim(self, tenant_id: str, now: float) -> bool:
+        """True: the caller checks the key now. False: a check ran within the interval;
+        one more is owed when it ends (``owed``)."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(pacing.update().where(
+                pacing.c.tenant_id == tenant_id,
+                sa.or_(pacing.c.checked_at.is_(None),
+                       pacing.c.checked_at <= now - self.check_interval))
+                .values(checked_at=now, owed=0)).rowcount
+            if not claimed:
+                conn.execute(pacing.update().where(pacing.c.tenant_id == tenant_id)
+                             .values(owed=1))
+        return bool(claimed)
+
+    def owed(self, now: float) -> list[str]:
+        """Tenants whose coalesced check has come due."""
+        with self.engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(sa.select(pacing.c.tenant_id).where(
+                pacing.c.owed == 1, pacing.c.checked_at <= now - self.check_interval))]
