@@ -370,8 +370,8 @@ def test_key_events_are_authentic_about_the_senders_key_and_cheap(
         own_before = kms_calls(kmslocal, attacker.key_arn, "DescribeKey", "Decrypt")
         answers = [http.post(f"/v1/tenants/{attacker.tenant}/key-events",
                              json=event(attacker.key_arn), headers=own) for _ in range(50)]
-    assert {r.status_code for r in answers} <= {202, 429}
-    assert sum(r.json().get("check") == "done" for r in answers if r.status_code == 202) <= 3
+    assert {r.status_code for r in answers} == {202}
+    assert sum(r.json()["check"] == "done" for r in answers) <= 3
     spent = kms_calls(kmslocal, attacker.key_arn, "DescribeKey", "Decrypt") - own_before
     assert spent <= 6, spent  # two calls a check; 50 events used to cost ~150
 

@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cmek.errors import CmekError
 from cmek.kms import KeyRevoked, RevocationReason
 from cmek.platform.clients import of_request
-from cmek.platform.key_events import TooManyEvents
 from cmek.platform.service import (
     Caller,
     KeyVerificationFailed,
@@ -54,7 +53,7 @@ STATUS: dict[str, int] = {
     "key_verification_failed": 422, "body_too_large": 413,
     "tenant_key_unavailable": 423, "tenant_store_closed": 423, "backup_invalid": 422,
     "rewrap_in_progress": 409,
-    "too_many_attempts": 429, "too_many_events": 429, "event_not_for_tenant": 403,
+    "too_many_attempts": 429, "event_not_for_tenant": 403,
     "kms_unavailable": 503, "object_store_unavailable": 503,
     "decryption_failed": 500,  # stored ciphertext that does not open: tampered or misplaced
     "row_not_authentic": 500,  # a control-plane row the platform did not write
@@ -258,7 +257,7 @@ def create_app(platform: Platform) -> FastAPI:
             return await locked(request) or error(exc.code, exc.message)
         if isinstance(exc, KeyVerificationFailed):
             return error(exc.code, exc.message, findings=exc.findings)
-        if isinstance(exc, TooManyAttempts | TooManyEvents):
+        if isinstance(exc, TooManyAttempts):
             refused = error(exc.code, exc.message)
             refused.headers["Retry-After"] = str(exc.retry_after)
             return refused

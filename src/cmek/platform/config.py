@@ -51,7 +51,7 @@ ENV_VARS: dict[str, str] = {
     "operator_token": "CMEK_OPERATOR_TOKEN",
     "integrity_key": "CMEK_INTEGRITY_KEY",
     "event_check_interval": "CMEK_EVENT_CHECK_INTERVAL",
-    "event_max_per_minute": "CMEK_EVENT_MAX_PER_MINUTE",
+    "event_records_per_minute": "CMEK_EVENT_RECORDS_PER_MINUTE",
     "check_interval": "CMEK_CHECK_INTERVAL",
     "outage_grace": "CMEK_OUTAGE_GRACE",
     "restore_window": "CMEK_RESTORE_WINDOW",
@@ -151,6 +151,15 @@ def _dir(value: Any) -> Path:
     return value.expanduser().resolve()
 
 
+def _entries(value: Any, what: str) -> list[str]:
+    """A list: from TOML as a list, from the environment comma-separated."""
+    if isinstance(value, str):
+        value = [v for v in (part.strip() for part in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"must be a list of {what}")
+    return list(value)
+
+
 def _redact_url(url: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
 
@@ -173,7 +182,7 @@ class Settings(BaseModel):
     operator_token: SecretStr | None = None
     integrity_key: SecretStr | None = None  # required with PostgreSQL; else made in data_dir
     event_check_interval: float = 1.0
-    event_max_per_minute: int = 60
+    event_records_per_minute: int = 60
     check_interval: float = 5.0
     outage_grace: float = 300.0
     restore_window: float = 30 * DAY
@@ -238,10 +247,7 @@ class Settings(BaseModel):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _check_trusted_proxies(cls, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [v for v in (part.strip() for part in value.split(",")) if v]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise _Invalid("must be a list of CIDRs or addresses")
+        value = _entries(value, "CIDRs or addresses")
         try:
             parse_networks(value)
         except ValueError as e:
@@ -251,10 +257,7 @@ class Settings(BaseModel):
     @field_validator("warehouse_allow", mode="before")
     @classmethod
     def _check_warehouse_allow(cls, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [v for v in (part.strip() for part in value.split(",")) if v]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise _Invalid("must be a list of CIDRs, addresses or host names")
+        value = _entries(value, "CIDRs, addresses or host names")
         try:
             EgressPolicy.parse(value)
         except CmekError as e:
@@ -327,7 +330,7 @@ class Settings(BaseModel):
         return _seconds(value, allow_zero=False)
 
     @field_validator("query_memory_mb", "query_max_rows", "query_max_result_bytes",
-                     "query_max_running", "query_per_tenant", "event_max_per_minute",
+                     "query_max_running", "query_per_tenant", "event_records_per_minute",
                      mode="before")
     @classmethod
     def _check_query_counts(cls, value: Any, info: ValidationInfo) -> int:

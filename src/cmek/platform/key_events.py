@@ -8,15 +8,16 @@ checked without the tenant's key, so events still arrive while that key is revok
 An event is a prompt to look at the key, never a state by itself, so it costs the
 customer's KMS at most one check per tenant per ``check_interval``: the first event
 checks at once; the ones that follow within the interval are coalesced into one check
-when it ends (run by the monitor). Past ``max_per_minute`` events of a tenant, the rest
-are refused (429) before anything is recorded. An event must name the tenant's own key,
-or it is refused (403): one customer's events never touch another's key.
+when it ends (run by the monitor). No event is refused for coming too often, since a
+refused one would be retried late and a key change noticed late; past
+``records_per_minute`` events of a tenant, the rest are coalesced without an audit entry
+of their own. An event must name the tenant's own key, or it is refused (403): one
+customer's events never touch another's key.
 """
 
 from __future__ import annotations
 
 import hmac
-import math
 import secrets
 from typing import Any
 
@@ -54,14 +55,6 @@ class EventNotForTenant(CmekError):
     code = "event_not_for_tenant"
 
 
-class TooManyEvents(CmekError):
-    code = "too_many_events"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("too many key events for this tenant; they are coalesced anyway")
-        self.retry_after = max(1, math.ceil(retry_after))
-
-
 def check_event(event: dict[str, Any], key_arn: str) -> dict[str, str]:
     """An EventBridge KMS event about ``key_arn``, from the key's own account and Region;
     returns what the audit trail records of it."""
@@ -86,11 +79,11 @@ class KeyEventGate:
     platform process shares them."""
 
     def __init__(self, engine: sa.Engine, rows: RowAuthenticator, *, check_interval: float,
-                 max_per_minute: int) -> None:
+                 records_per_minute: int) -> None:
         self.engine = engine
         self.rows = rows
         self.check_interval = check_interval
-        self.max_per_minute = max_per_minute
+        self.records_per_minute = records_per_minute
         metadata.create_all(engine)
 
     # --- credentials ----------------------------------------------------------------------
@@ -117,8 +110,8 @@ class KeyEventGate:
         return hmac.compare_digest(str(row.secret_hash), self.rows.lookup("event", secret))
 
     # --- budget and coalescing ------------------------------------------------------------
-    def admit(self, tenant_id: str, now: float) -> None:
-        """Count an event against the tenant's budget, or refuse it (TooManyEvents)."""
+    def admit(self, tenant_id: str, now: float) -> bool:
+        """Count an event; whether it is within the tenant's budget of audit entries."""
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         expired = pacing.c.window_start <= now - WINDOW
         with self.engine.begin() as conn:
@@ -127,10 +120,9 @@ class KeyEventGate:
             ).on_conflict_do_update(index_elements=[pacing.c.tenant_id], set_={
                 "events": sa.case((expired, 1), else_=pacing.c.events + 1),
                 "window_start": sa.case((expired, now), else_=pacing.c.window_start)}))
-            events, start = conn.execute(sa.select(pacing.c.events, pacing.c.window_start)
-                                         .where(pacing.c.tenant_id == tenant_id)).one()
-        if int(events) > self.max_per_minute:
-            raise TooManyEvents(float(start) + WINDOW - now)
+            events = conn.execute(sa.select(pacing.c.events)
+                                  .where(pacing.c.tenant_id == tenant_id)).scalar_one()
+        return int(events) <= self.records_per_minute
 
     def claim(self, tenant_id: str, now: float) -> bool:
         """True: the caller checks the key now. False: a check ran within the interval;

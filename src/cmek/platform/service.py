@@ -194,7 +194,7 @@ class Platform:
         self._rewrap_locks: dict[str, threading.Lock] = {}
         self.key_events = KeyEventGate(self.engine, self.rows,
                                        check_interval=settings.event_check_interval,
-                                       max_per_minute=settings.event_max_per_minute)
+                                       records_per_minute=settings.event_records_per_minute)
         self.restores = RestoreJournal(self.engine)
         self._unrestored: set[str] = set()  # a restore cut short, not yet finished
         self._recent_locks: dict[str, tuple[float, TenantKeyState]] = {}
@@ -768,8 +768,8 @@ class Platform:
             raise Unauthorized(f"missing or wrong {EVENT_HEADER}")
         recorded = check_event(event, row["key_arn"])
         now = self.clock.now()
-        self.key_events.admit(tenant_id, now)
-        self.audit.append(tenant_id, "key_event", recorded)
+        if self.key_events.admit(tenant_id, now):
+            self.audit.append(tenant_id, "key_event", recorded)
         if not self.key_events.claim(tenant_id, now):
             return {"tenant_id": tenant_id, "check": "coalesced"}
         state = self.lifecycle.check(tenant_id, cause="event")
