@@ -181,7 +181,7 @@ class Settings(BaseModel):
     provider_account: str | None = None  # the AWS account the platform calls KMS as
     operator_token: SecretStr | None = None
     integrity_key: SecretStr | None = None  # required with PostgreSQL; else made in data_dir
-    event_check_interval: float = 1.0
+    event_check_interval: float = 0.25
     event_records_per_minute: int = 60
     check_interval: float = 5.0
     outage_grace: float = 300.0
