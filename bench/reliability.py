@@ -1,6 +1,6 @@
 """Write docs/reliability.md from figures the suite itself produces.
 
-Runs the reliability tests (faults, crashes, fuzzing, isolation) with
+Runs the reliability tests (faults, crashes, fuzzing, isolation, attacks, locks) with
 ``CMEK_RELIABILITY_OUT`` set, so each test's recorded counts land in one file, sums
 them, reads the last soak's JSON (``make soak`` writes bench/results/soak.json), and
 renders the table. Nobody types a number into docs/reliability.md.
@@ -106,8 +106,9 @@ def render(counts: Counter[tuple[str, str]], soak: dict[str, Any] | None,
         "# Reliability figures",
         "",
         "Written by `make reliability` (bench/reliability.py), which runs the fault, crash,",
-        "fuzz and isolation tests with their counters on and sums what they recorded; the",
-        "soak figures come from the last `make soak` (bench/soak.py). Do not edit by hand.",
+        "fuzz, isolation, attack and lock-under-load tests with their counters on and sums",
+        "what they recorded; the soak figures come from the last `make soak`",
+        "(bench/soak.py). Do not edit by hand.",
         "What each test shows is in [security.md](security.md).",
         "",
         f"Reliability tests: {'all passed' if tests_passed else 'FAILED'}.",
