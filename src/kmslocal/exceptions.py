@@ -1,8 +1,8 @@
-"""Errors with the codes and HTTP statuses AWS KMS uses.
+"""Errors with the codes and HTTP statuses AWS KMS, and STS for GetCallerIdentity, use.
 
 Every refusal kmslocal makes is one of these; the protocol layer turns it into
-``{"__type": code, "message": ...}`` so boto3 raises the same ``ClientError`` code
-as against AWS.
+``{"__type": code, "message": ...}`` (KMS, CloudTrail) or an ``<ErrorResponse>`` (STS)
+so boto3 raises the same ``ClientError`` code as against AWS.
 """
 
 from __future__ import annotations
@@ -17,6 +17,27 @@ _STATUS: dict[str, int] = {
     "MissingAuthenticationTokenException": 403,
     "UnknownOperationException": 400,
     "SerializationException": 400,
+    # STS (the query protocol) answers 403 to a credential it cannot accept.
+    "MissingAuthenticationToken": 403,
+    "InvalidClientTokenId": 403,
+    "SignatureDoesNotMatch": 403,
+    "InternalFailure": 500,
+}
+
+# The same refusals as STS names them: SigV4 and the shared checks raise KMS's names.
+# Codes and statuses: "Common Errors" in the AWS STS API Reference
+# (https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html); STS answers a
+# bad signature, an expired one included, with SignatureDoesNotMatch (403), and a
+# request without Authorization with MissingAuthenticationToken (403).
+_QUERY_CODES: dict[str, tuple[str, str | None]] = {
+    "MissingAuthenticationTokenException": (
+        "MissingAuthenticationToken", "Request is missing Authentication Token"
+    ),
+    "IncompleteSignatureException": ("IncompleteSignature", None),
+    "UnrecognizedClientException": ("InvalidClientTokenId", None),
+    "InvalidSignatureException": ("SignatureDoesNotMatch", None),
+    "ValidationException": ("ValidationError", None),
+    "KMSInternalException": ("InternalFailure", None),
 }
 
 
@@ -31,6 +52,15 @@ class KMSError(Exception):
     @property
     def status(self) -> int:
         return _STATUS.get(self.code, 400)
+
+
+def as_query_error(err: KMSError) -> KMSError:
+    """``err`` under the name the query protocol (STS) gives it."""
+    renamed = _QUERY_CODES.get(err.code)
+    if renamed is None:
+        return err
+    code, message = renamed
+    return KMSError(code, err.message if message is None else message)
 
 
 def not_found(message: str) -> KMSError:

@@ -21,7 +21,7 @@ from kmslocal.exceptions import KMSError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 TERMINATOR = "aws4_request"
-MAX_SKEW = dt.timedelta(minutes=5)
+MAX_SKEW = dt.timedelta(minutes=5)  # KMS's window; a service may have its own
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 _AMZ_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
@@ -71,7 +71,7 @@ def _invalid(message: str) -> KMSError:
     return KMSError("InvalidSignatureException", message)
 
 
-def _echo(value: str) -> str:
+def echo(value: str) -> str:
     """Client-supplied text made safe to quote in a one-line error message."""
     return "".join(c if c.isprintable() else "?" for c in value)[:128]
 
@@ -88,14 +88,14 @@ def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def _parse_authorization(value: str) -> _Authorization:
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ALGORITHM:
-        raise _incomplete(f"Unsupported AWS 'algorithm': '{_echo(algorithm)}'.")
+        raise _incomplete(f"Unsupported AWS 'algorithm': '{echo(algorithm)}'.")
     params: dict[str, str] = {}
     for part in rest.split(","):
         key, sep, val = part.strip().partition("=")
         if not sep:
             continue
         if key in params:
-            raise _incomplete(f"Authorization header has a repeated '{_echo(key)}' parameter.")
+            raise _incomplete(f"Authorization header has a repeated '{echo(key)}' parameter.")
         params[key] = val.strip()
     missing = [k for k in ("Credential", "SignedHeaders", "Signature") if not params.get(k)]
     if missing:
@@ -107,13 +107,13 @@ def _parse_authorization(value: str) -> _Authorization:
     if len(parts) != 5:
         raise _incomplete(
             "Credential must have exactly 5 slash-delimited elements, "
-            f"e.g. keyid/date/region/service/term, got '{_echo(credential)}'."
+            f"e.g. keyid/date/region/service/term, got '{echo(credential)}'."
         )
     names = tuple(params["SignedHeaders"].split(";"))
     if any(not n or n != n.strip() for n in names):
         raise _incomplete(
             f"Authorization header has a malformed 'SignedHeaders' parameter: "
-            f"'{_echo(params['SignedHeaders'])}'."
+            f"'{echo(params['SignedHeaders'])}'."
         )
     return _Authorization(
         access_key_id=parts[0], date=parts[1], region=parts[2], service=parts[3],
@@ -145,27 +145,30 @@ def _request_time(headers: Mapping[str, str]) -> tuple[str, str, dt.datetime]:
             raise ValueError(raw)
     except (ValueError, TypeError):
         raise _incomplete(
-            f"Date must be in ISO-8601 'basic format'. Got '{_echo(raw)}'. "
+            f"Date must be in ISO-8601 'basic format'. Got '{echo(raw)}'. "
             "See http://en.wikipedia.org/wiki/ISO_8601"
         ) from None
     return header, when.strftime(_AMZ_FORMAT), when
 
 
-def _check_freshness(amz_date: str, when: dt.datetime, now: dt.datetime) -> None:
+def _check_freshness(
+    amz_date: str, when: dt.datetime, now: dt.datetime, max_skew: dt.timedelta
+) -> None:
     """Refuse replays of old requests and requests from a clock far ahead, as AWS does."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     now = now.astimezone(dt.UTC)
     now_s = now.strftime(_AMZ_FORMAT)
-    if when < now - MAX_SKEW:
+    minutes = int(max_skew.total_seconds() // 60)
+    if when < now - max_skew:
         raise _invalid(
             f"Signature expired: {amz_date} is now earlier than "
-            f"{(now - MAX_SKEW).strftime(_AMZ_FORMAT)} ({now_s} - 5 min.)"
+            f"{(now - max_skew).strftime(_AMZ_FORMAT)} ({now_s} - {minutes} min.)"
         )
-    if when > now + MAX_SKEW:
+    if when > now + max_skew:
         raise _invalid(
             f"Signature not yet current: {amz_date} is still later than "
-            f"{(now + MAX_SKEW).strftime(_AMZ_FORMAT)} ({now_s} + 5 min.)"
+            f"{(now + max_skew).strftime(_AMZ_FORMAT)} ({now_s} + {minutes} min.)"
         )
 
 
@@ -230,10 +233,12 @@ def verify(
     now: dt.datetime,
     region: str,
     services: Collection[str],
+    max_skew: dt.timedelta = MAX_SKEW,
 ) -> Verified:
     """Check a request's SigV4 ``Authorization`` header; return who signed it and for what.
 
-    ``path`` and ``query`` are as received (percent-encoded); ``now`` is aware, real time.
+    ``path`` and ``query`` are as received (percent-encoded); ``now`` is aware, real time;
+    ``max_skew`` is how far the signing time may be from it (the service's own window).
     Raises ``KMSError`` with the code AWS would use. Messages never carry the secret or
     the expected signature, so a refusal cannot help forge one.
     """
@@ -253,9 +258,9 @@ def verify(
     if auth.date != amz_date[:8]:
         raise _invalid(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
-            f"from HTTP: '{_echo(auth.date)}' != '{amz_date[:8]}', from '{amz_date}'."
+            f"from HTTP: '{echo(auth.date)}' != '{amz_date[:8]}', from '{amz_date}'."
         )
-    _check_freshness(amz_date, when, now)
+    _check_freshness(amz_date, when, now, max_skew)
     if auth.region != region:
         raise _invalid("Credential should be scoped to a valid region.")
     if auth.service not in services:
@@ -264,7 +269,7 @@ def verify(
     if auth.terminator != TERMINATOR:
         raise _invalid(
             f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
-            f"not '{_echo(auth.terminator)}'."
+            f"not '{echo(auth.terminator)}'."
         )
 
     # Host binds the signature to this endpoint; the date header binds it to a moment.
@@ -276,7 +281,7 @@ def verify(
     lines = []
     for name in auth.signed_headers:
         if name not in lowered:
-            raise _invalid(f"Signed header '{_echo(name)}' is missing from the request.")
+            raise _invalid(f"Signed header '{echo(name)}' is missing from the request.")
         lines.append(f"{name}:{_trim(lowered[name])}\n")
 
     # The body is always covered by the signature: UNSIGNED-PAYLOAD is tolerated as a
