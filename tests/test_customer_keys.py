@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
+from cmek.customer import requirements
 from cmek.customer.keys import (
     CHECKS,
     CreatedKey,
@@ -31,6 +32,7 @@ from cmek.customer.policy import merge, provider_statements
 from cmek.errors import CmekError
 from cmek.kms import (
     BotoKms,
+    CallerIdentity,
     Ciphertext,
     EncryptionContext,
     GeneratedDataKey,
@@ -324,7 +326,7 @@ def assert_only_describe_denied(report: VerifyReport) -> None:
     if report.ok:
         return
     assert failed(report) == DESCRIBE_CHECKS
-    reachable = report.checks[2]
+    reachable = report.check("reachable")
     assert "kms:DescribeKey" in reachable.fix
     assert "kms:EncryptionContext:cmek:tenant" in reachable.fix
 
@@ -357,10 +359,10 @@ def test_verify_a_tenant_restricted_key_with_describe_apart(
     assert verify(provider, arn, "acme").ok
     other = verify(provider, arn, "globex")
     assert failed(other) == list(CRYPTO)
-    gen = other.checks[8]
+    gen = other.check("generate_data_key")
     assert "kms:GenerateDataKey" in gen.detail
     assert "kms:EncryptionContext:cmek:tenant" in gen.fix
-    assert "'globex'" in gen.fix
+    assert '"globex"' in gen.fix
 
 
 def test_verify_calls_carry_the_verification_context(
@@ -410,6 +412,9 @@ class SpyKms:
     def describe_key(self, key_arn: str) -> KeyDescription:
         return self.inner.describe_key(key_arn)
 
+    def caller_identity(self) -> CallerIdentity:
+        return self.inner.caller_identity()
+
 
 def test_verify_zeroes_the_plaintext_data_keys(customer: Any, provider: BotoKms) -> None:
     spy = SpyKms(provider)
@@ -429,34 +434,37 @@ def test_malformed_arn_fails_arn_and_skips_the_rest(provider: BotoKms) -> None:
                 "arn:aws:kms:us-west-2:222222222222:alias/my-key"):
         report = verify(provider, bad)
         assert not report.ok
-        arn = report.checks[0]
+        arn = report.check("arn")
         assert (arn.name, arn.ok) == ("arn", False)
         assert "arn:aws:kms:REGION:ACCOUNT:key/KEY_ID" in arn.fix
-        for c in report.checks[1:]:
+        assert report.check("caller").ok  # who is calling is known without a key
+        for c in report.checks[2:]:
             assert not c.ok
+            assert c.skipped
             assert c.detail.startswith("skipped: ")
-        assert report.checks[1].detail == "skipped: arn failed"
-        assert len(report.findings()) == len(CHECKS)
+        assert report.check("region").detail == "skipped: arn failed"
+        assert len(report.findings()) == len(CHECKS) - 1
 
 
 def test_key_in_another_region_fails_region(provider: BotoKms) -> None:
     arn = f"arn:aws:kms:us-east-1:{CUSTOMER_ACCOUNT}:key/{uuid.uuid4()}"
     report = verify(provider, arn)
-    assert failed(report) == list(CHECKS[1:])
-    region = report.checks[1]
+    assert failed(report) == list(CHECKS[2:])
+    region = report.check("region")
     assert "us-east-1" in region.detail
     assert REGION in region.detail
     assert REGION in region.fix
-    assert report.checks[2].detail == "skipped: region failed"
+    assert report.check("reachable").detail == "skipped: region failed"
 
 
 def test_key_that_does_not_exist_fails_reachable(provider: BotoKms) -> None:
     arn = f"arn:aws:kms:{REGION}:{CUSTOMER_ACCOUNT}:key/{uuid.uuid4()}"
     report = verify(provider, arn)
-    assert failed(report) == list(CHECKS[2:])
-    reachable = report.checks[2]
+    assert failed(report) == list(CHECKS[3:])
+    reachable = report.check("reachable")
     assert reachable.detail == "key does not exist or the provider is not allowed to see it"
-    assert all(c.detail == "skipped: reachable failed" for c in report.checks[3:8])
+    assert all(report.check(name).detail == "skipped: reachable failed" for name in (
+        "key_spec", "key_usage", "origin", "single_region", "enabled"))
 
 
 @pytest.mark.parametrize(
@@ -470,11 +478,11 @@ def test_wrong_key_spec_fails_with_a_fix(
     arn = make_key(customer, KeySpec=spec, KeyUsage=usage)
     report = verify(provider, arn)
     assert failed(report) == [*failing, *CRYPTO]
-    key_spec = report.checks[3]
+    key_spec = report.check("key_spec")
     assert spec in key_spec.detail
     assert "SYMMETRIC_DEFAULT" in key_spec.fix
     if "key_usage" in failing:
-        assert "ENCRYPT_DECRYPT" in report.checks[4].fix
+        assert "ENCRYPT_DECRYPT" in report.check("key_usage").fix
     for name in CRYPTO:
         c = next(c for c in report.checks if c.name == name)
         assert c.detail.startswith("skipped: ")
@@ -484,7 +492,7 @@ def test_multi_region_key_fails_single_region(customer: Any, provider: BotoKms) 
     arn = make_key(customer, MultiRegion=True)
     report = verify(provider, arn)
     assert failed(report) == ["single_region"]
-    single = report.checks[6]
+    single = report.check("single_region")
     assert "multi-Region" in single.detail
     assert "single-Region" in single.fix
 
@@ -494,11 +502,11 @@ def test_disabled_key_fails_enabled_with_the_fix(customer: Any, provider: BotoKm
     customer.disable_key(KeyId=arn)
     report = verify(provider, arn)
     assert failed(report) == ["enabled", *CRYPTO]
-    enabled = report.checks[7]
+    enabled = report.check("enabled")
     assert "Disabled" in enabled.detail
     assert "EnableKey" in enabled.fix
     assert "CancelKeyDeletion" not in enabled.fix
-    assert report.checks[8].detail == "skipped: enabled failed"
+    assert report.check("generate_data_key").detail == "skipped: enabled failed"
     customer.enable_key(KeyId=arn)
     assert verify(provider, arn).ok
 
@@ -510,7 +518,7 @@ def test_key_pending_deletion_fails_enabled_with_the_fix(
     customer.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
     report = verify(provider, arn)
     assert failed(report) == ["enabled", *CRYPTO]
-    enabled = report.checks[7]
+    enabled = report.check("enabled")
     assert "PendingDeletion" in enabled.detail
     assert "CancelKeyDeletion then EnableKey" in enabled.fix
 
@@ -522,7 +530,7 @@ def test_policy_without_decrypt_fails_decrypt(customer: Any, provider: BotoKms) 
     assert "kms:Decrypt" not in json.dumps(policy)
     report = verify(provider, make_key(customer, policy))
     assert failed(report) == ["decrypt"]
-    decrypt = report.checks[9]
+    decrypt = report.check("decrypt")
     assert "kms:Decrypt" in decrypt.detail
     assert "kms:Decrypt" in decrypt.fix
     assert USE_SID in decrypt.fix
@@ -533,16 +541,13 @@ def test_policy_naming_the_wrong_account_fails_reachable(
     customer: Any, provider: BotoKms
 ) -> None:
     report = verify(provider, make_key(customer, provider_policy(THIRD_ACCOUNT)))
-    assert failed(report) == list(CHECKS[2:])
-    reachable = report.checks[2]
+    assert failed(report) == list(CHECKS[3:])
+    reachable = report.check("reachable")
     assert "access denied" in reachable.detail
-    assert reachable.fix == (
-        f"allow kms:DescribeKey to arn:aws:iam::{PROVIDER_ACCOUNT}:root in statement "
-        f"'{USE_SID}'"
-    )
+    assert reachable.fix == requirements.call("kms:DescribeKey").fix(PROVIDER_ACCOUNT, None)
     anonymous = verify_key(provider, make_key(customer, provider_policy(THIRD_ACCOUNT)),
                            region=REGION)
-    assert "the provider account" in anonymous.checks[2].fix
+    assert "the provider account" in anonymous.check("reachable").fix
 
 
 def test_explicit_deny_of_encrypt_fails_encrypt(customer: Any, provider: BotoKms) -> None:
@@ -553,7 +558,7 @@ def test_explicit_deny_of_encrypt_fails_encrypt(customer: Any, provider: BotoKms
     }
     report = verify(provider, make_key(customer, provider_policy(PROVIDER_ACCOUNT, deny)))
     assert failed(report) == ["encrypt"]
-    encrypt = report.checks[10]
+    encrypt = report.check("encrypt")
     assert "kms:Encrypt" in encrypt.detail
     assert "kms:Encrypt" in encrypt.fix
     assert "Deny" in encrypt.fix
@@ -565,23 +570,23 @@ def test_usage_restricted_to_another_tenant_fails_with_the_tenant_fix(
     arn = make_key(customer, provider_policy(tenant="other"))
     report = verify(provider, arn, "acme")
     assert failed(report) in (list(CRYPTO), [*DESCRIBE_CHECKS, *CRYPTO])
-    gen = report.checks[8]
+    gen = report.check("generate_data_key")
     assert (gen.name, gen.ok) == ("generate_data_key", False)
     assert "kms:GenerateDataKey" in gen.detail
     assert USE_SID in gen.fix
     assert "kms:EncryptionContext:cmek:tenant" in gen.fix
-    assert "'acme'" in gen.fix
-    assert report.checks[9].detail == "skipped: generate_data_key failed"
-    assert "kms:Encrypt" in report.checks[10].detail
-    assert "kms:EncryptionContext:cmek:tenant" in report.checks[10].fix
+    assert '"acme"' in gen.fix
+    assert report.check("decrypt").detail == "skipped: generate_data_key failed"
+    assert "kms:Encrypt" in report.check("encrypt").detail
+    assert "kms:EncryptionContext:cmek:tenant" in report.check("encrypt").fix
     # the tenant the statement names passes the cryptographic checks
     right = verify(provider, arn, "other")
     assert all(c.ok for c in right.checks if c.name in CRYPTO)
     assert_only_describe_denied(right)
-    # without a tenant, the fix does not guess at a tenant restriction
+    # without a tenant, the fix says that a tenant restriction needs one named
     untenanted = verify(provider, arn)
-    assert not untenanted.checks[8].ok
-    assert "cmek:tenant" not in untenanted.checks[8].fix
+    assert not untenanted.check("generate_data_key").ok
+    assert "--tenant" in untenanted.check("generate_data_key").fix
 
 
 def test_findings_list_exactly_the_failed_checks(customer: Any, provider: BotoKms) -> None:
@@ -605,5 +610,6 @@ def test_unreachable_kms_fails_reachable() -> None:
     ))
     arn = f"arn:aws:kms:{REGION}:{CUSTOMER_ACCOUNT}:key/{uuid.uuid4()}"
     report = verify_key(dead, arn, region=REGION)
-    assert failed(report) == list(CHECKS[2:])
-    assert report.checks[2].detail.startswith("KMS unreachable")
+    assert failed(report) == [c for c in CHECKS if c not in ("arn", "region")]
+    assert report.check("caller").detail.startswith("cannot reach AWS")
+    assert report.check("reachable").detail == "skipped: caller failed"

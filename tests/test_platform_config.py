@@ -182,7 +182,7 @@ def test_non_numeric_duration_env(var: str, op: str) -> None:
         ({"CMEK_DATA_KEY_TTL": "nan"}, "CMEK_DATA_KEY_TTL: must be a number of seconds > 0"),
         ({"CMEK_RESTORE_WINDOW": "inf"}, "CMEK_RESTORE_WINDOW: must be a number of seconds > 0"),
         ({"CMEK_DATABASE_URL": "mysql://root@db/cmek"},
-         "CMEK_DATABASE_URL: must start with sqlite:/// or postgresql://"),
+         "CMEK_DATABASE_URL: must start with sqlite:///, postgresql:// or postgres://"),
         ({"CMEK_DATABASE_URL": "postgresql+psycopg://db/cmek"}, "CMEK_DATABASE_URL: must start"),
         ({"CMEK_DATABASE_URL": "sqlite://relative.db"}, "CMEK_DATABASE_URL: must start"),
         ({"CMEK_OBJECT_STORE": "http://example.com/bucket"},
@@ -213,8 +213,8 @@ def test_non_numeric_duration_env(var: str, op: str) -> None:
         ({"CMEK_DEV": "maybe"}, "CMEK_DEV: must be true or false, got 'maybe'"),
         ({"CMEK_MAX_BODY_BYTES": "0"}, "CMEK_MAX_BODY_BYTES: must be a whole number of bytes"),
         ({"CMEK_LIVE_STORE_GRACE": "864000", "CMEK_RESTORE_WINDOW": "86400"},
-         "CMEK_LIVE_STORE_GRACE: must be <= restore_window (CMEK_RESTORE_WINDOW, 86400 s), "
-         "got 864000"),
+         "CMEK_LIVE_STORE_GRACE: must be <= restore_window (CMEK_RESTORE_WINDOW, 86400 s "
+         "(1 d)), got 864000 s (10 d)"),
         ({"CMEK_RESTORE_WINDOW": "3600"},  # the default live_store_grace no longer fits
          "live_store_grace (CMEK_LIVE_STORE_GRACE): must be <= restore_window"),
     ],
@@ -276,9 +276,16 @@ def test_bad_toml_values(tmp_path: Path, line: str, expected: str) -> None:
 
 
 def test_bad_override_names_the_setting(tmp_path: Path) -> None:
-    assert config_error(env={}, port=-1).startswith("port (CMEK_PORT): must be an integer port")
+    # an override is a command-line flag: the message names the flag, not the variable
+    assert config_error(env={}, port=70000).startswith("--port: must be an integer port")
     with pytest.raises(TypeError, match="portt"):
         load_settings(env={}, portt=1)
+
+
+def test_postgres_scheme_is_postgresql() -> None:
+    s = load_settings(env={"CMEK_DATABASE_URL": "postgres://u@db/cmek",
+                           "CMEK_INTEGRITY_KEY": EVENT})
+    assert (s.database_url, s.tenant_backend) == ("postgresql://u@db/cmek", "postgresql")
 
 
 def test_zero_is_allowed_where_documented() -> None:

@@ -14,7 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 
+def normalize_url(url: str) -> str:
+    """``postgres://`` (as many tools and hosting services write it) is ``postgresql://``."""
+    return "postgresql://" + url.removeprefix("postgres://") if url.startswith(
+        "postgres://") else url
+
+
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    url = normalize_url(url)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):

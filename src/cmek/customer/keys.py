@@ -7,9 +7,10 @@ policy and, if asked, names it with an alias. A key left half-made by a failing 
 is scheduled for deletion (7 days) before the error is raised.
 
 ``verify_key`` runs with the provider's credentials, through the KMS port, before a
-tenant is provisioned with a key. It runs named checks in order; a check that cannot
-run because an earlier one failed is recorded as failed with ``skipped: ...``. Every
-failed check carries a one-line fix for the customer.
+tenant is provisioned with a key. It first establishes who is calling (a dry run made
+with anyone else's credentials proves nothing about the provider's access), then runs
+named checks in order; a check that cannot run because an earlier one failed is
+recorded as skipped. Every failed check carries a one-line fix.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import botocore.exceptions as bx
 
+from cmek.customer import requirements
 from cmek.customer.policy import merge, provider_statements
+from cmek.customer.requirements import USAGE_SID
 from cmek.errors import CmekError, InvalidInput
 from cmek.kms import (
     KeyArn,
@@ -45,7 +48,6 @@ KEY_SPEC: Final = "SYMMETRIC_DEFAULT"
 KEY_USAGE: Final = "ENCRYPT_DECRYPT"
 ORIGIN: Final = "AWS_KMS"
 DELETION_WINDOW_DAYS: Final = 7
-USE_STATEMENT: Final = "Allow use of the key"
 PROBE: Final = b"cmek key verification probe"
 
 _ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
@@ -256,9 +258,11 @@ class Check:
     ok: bool
     detail: str
     fix: str  # "" when ok
+    skipped: bool = False  # not run: an earlier check it needs failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+        return {"name": self.name, "ok": self.ok, "skipped": self.skipped,
+                "detail": self.detail, "fix": self.fix}
 
 
 @dataclass(frozen=True)
@@ -291,16 +295,17 @@ class VerifyReport:
 
 
 CHECKS = (
-    "arn", "region", "reachable", "key_spec", "key_usage", "origin", "single_region",
-    "enabled", "generate_data_key", "decrypt", "encrypt",
+    "arn", "caller", "region", "reachable", "key_spec", "key_usage", "origin",
+    "single_region", "enabled", "generate_data_key", "decrypt", "encrypt",
 )
 # What each check needs to have passed before it can run. A DescribeKey that was only
 # denied (and the checks skipped for it) does not block the cryptographic checks: they can
 # still run, and test their own permissions.
 _NEEDS: dict[str, tuple[str, ...]] = {
     "arn": (),
+    "caller": (),
     "region": ("arn",),
-    "reachable": ("arn", "region"),
+    "reachable": ("arn", "caller", "region"),
     "key_spec": ("reachable",),
     "key_usage": ("reachable",),
     "origin": ("reachable",),
@@ -326,6 +331,7 @@ class _Verifier:
         self.key_arn = key_arn
         self.region = region
         self.tenant = tenant
+        self.provider_account = provider_account
         self.principal = (f"arn:aws:iam::{provider_account}:root" if provider_account
                           else "the provider account")
         self.context = verification_context(tenant)
@@ -343,7 +349,7 @@ class _Verifier:
                 if blocked is not None:
                     self.checks[name] = Check(
                         name, False, f"skipped: {blocked} failed",
-                        f"fix the '{blocked}' check first",
+                        f"fix the '{blocked}' check first", skipped=True,
                     )
                     if blocked in self.soft:
                         self.soft.add(name)
@@ -370,6 +376,27 @@ class _Verifier:
         a = self.arn
         return _ok("arn", f"key {a.key_id} of account {a.account} in {a.region}")
 
+    def _caller(self) -> Check:
+        try:
+            who = self.kms.caller_identity()
+        except KmsUnavailable as e:
+            return Check("caller", False, f"cannot reach AWS to learn who is calling: "
+                         f"{e.message}", "check the endpoint (--endpoint-url) and the network")
+        except KmsError as e:
+            return Check("caller", False, f"the AWS credentials do not work: {e.message}",
+                         "set the provider's AWS credentials: --profile, AWS_PROFILE, or "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if self.provider_account is not None and who.account != self.provider_account:
+            return Check(
+                "caller", False,
+                f"the checks would run as {who.arn} (account {who.account}), not as the "
+                f"provider account {self.provider_account}: they would prove nothing about "
+                "the provider's access",
+                "run verify with the provider's credentials (--profile, or AWS_* variables)")
+        role = (" (the provider account)" if self.provider_account is not None
+                else " (no provider account given to compare with)")
+        return _ok("caller", f"running as {who.arn}{role}")
+
     def _region(self) -> Check:
         assert self.arn is not None
         if self.arn.region != self.region:
@@ -394,18 +421,15 @@ class _Verifier:
                 )
             if e.reason is RevocationReason.ACCESS_DENIED:
                 self.soft.add("reachable")
-                fix = f"allow kms:DescribeKey to {self.principal} in statement '{USE_STATEMENT}'"
-                if self.tenant:
-                    fix += ("; a kms:EncryptionContext:cmek:tenant condition on that statement "
-                            "also denies kms:DescribeKey, which carries no encryption context: "
-                            "allow kms:DescribeKey in a statement without that condition")
                 return Check(
                     "reachable", False,
-                    "access denied: the provider may not call kms:DescribeKey on the key", fix,
+                    "access denied: the provider may not call kms:DescribeKey on the key",
+                    requirements.call("kms:DescribeKey").fix(self.provider_account,
+                                                            self.tenant),
                 )
             return Check("reachable", False, f"DescribeKey refused: {e.message}",
                          f"allow kms:DescribeKey to {self.principal} in statement "
-                         f"'{USE_STATEMENT}'")
+                         f"'{USAGE_SID}'")
         except KmsUnavailable as e:
             return Check("reachable", False, f"KMS unreachable: {e.message}",
                          "retry in a few minutes; if it persists, contact the provider")
@@ -503,16 +527,11 @@ class _Verifier:
     def _crypto_failure(self, name: str, permission: str, e: KmsError) -> Check:
         if isinstance(e, KeyRevoked):
             if e.reason is RevocationReason.ACCESS_DENIED:
-                fix = (f"allow {permission} to {self.principal} in statement "
-                       f"'{USE_STATEMENT}' and remove any Deny of {permission} that applies "
-                       "to it")
-                if self.tenant:
-                    fix += (f"; the usage statement may be restricted to another tenant via "
-                            f"kms:EncryptionContext:cmek:tenant: it must allow tenant "
-                            f"'{self.tenant}'")
+                fix = requirements.call(permission).fix(self.provider_account, self.tenant)
                 return Check(name, False,
                              f"access denied: the provider lacks {permission} on the key "
-                             f"(with context {_ctx(self.context)})", fix)
+                             f"(with context {_ctx(self.context)}), or a Deny refuses it",
+                             f"{fix} Remove any Deny of {permission} that applies to it.")
             if e.reason is RevocationReason.DISABLED:
                 return Check(name, False, f"{permission} refused: the key is disabled",
                              f"EnableKey (aws kms enable-key --key-id {self.key_arn})")
@@ -525,7 +544,7 @@ class _Verifier:
                              "create a new key and verify it")
             return Check(name, False, f"{permission} refused: {e.message}",
                          f"allow {permission} to {self.principal} in statement "
-                         f"'{USE_STATEMENT}'")
+                         f"'{USAGE_SID}'")
         if isinstance(e, KmsUnavailable):
             return Check(name, False, f"KMS unreachable during {permission}: {e.message}",
                          "retry in a few minutes; if it persists, contact the provider")

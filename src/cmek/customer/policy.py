@@ -23,20 +23,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn
 
-from cmek.errors import CmekError, InvalidInput
+from cmek.customer.requirements import (
+    CALLS,
+    CONTEXT_CONDITION_PREFIX,
+    CONTEXT_KEYS,
+    DESCRIBE_SID,
+    REQUIRED_ACTIONS,
+    TENANT_KEY,
+    USAGE_SID,
+    Call,
+)
+from cmek.errors import CmekError
+from cmek.ids import validate_tenant_id
 
 # --------------------------------------------------------------------------- constants
-
-REQUIRED_ACTIONS: Final = ("kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey")
 
 POLICY_VERSION: Final = "2012-10-17"
 POLICY_ID: Final = "cmek-policy"
 ACCOUNT_PLACEHOLDER: Final = "<ACCOUNT_ID>"
-USAGE_SID: Final = "Allow use of the key"
 GRANT_SID: Final = "Allow attachment of persistent resources"
-DESCRIBE_SID: Final = "Allow description of the key"
 OWNER_SID: Final = "Enable IAM User Permissions"
-TENANT_CONDITION_KEY: Final = "kms:EncryptionContext:cmek:tenant"
+TENANT_CONDITION_KEY: Final = CONTEXT_CONDITION_PREFIX + TENANT_KEY
 
 # The reference provider statements, verbatim, with ACCOUNT_PLACEHOLDER for the provider.
 REFERENCE_STATEMENTS: Final[tuple[Mapping[str, Any], ...]] = (
@@ -189,8 +196,7 @@ def _validate_owner(owner_account: str, provider_account: str) -> str:
 
 
 def _validate_tenant(tenant: object) -> None:
-    if not isinstance(tenant, str) or not tenant or not tenant.isprintable():
-        raise InvalidInput(f"tenant must be a non-empty printable string: {_quote(tenant)}")
+    validate_tenant_id(tenant)
 
 
 def _root(account: str) -> str:
@@ -209,14 +215,15 @@ def provider_statements(provider_account: str, tenant: str | None = None) -> lis
         statement["Principal"] = {"AWS": _root(account)}  # keeps the key's position
         statements.append(statement)
     if tenant is not None:
-        # DescribeKey carries no encryption context, so a tenant condition would deny it:
-        # it moves to a statement of its own, and the condition guards the crypto calls.
+        # A call without an encryption context would be refused by a tenant condition: it
+        # moves to a statement of its own, and the condition guards the others.
+        bare = [c.action for c in CALLS if not c.with_context]
         usage = statements[0]
-        usage["Action"] = [a for a in usage["Action"] if a != "kms:DescribeKey"]
+        usage["Action"] = [a for a in usage["Action"] if a not in bare]
         usage["Condition"] = {"StringEquals": {TENANT_CONDITION_KEY: tenant}}
         statements.insert(1, {
             "Sid": DESCRIBE_SID, "Effect": "Allow", "Principal": {"AWS": _root(account)},
-            "Action": "kms:DescribeKey", "Resource": "*",
+            "Action": bare[0] if len(bare) == 1 else bare, "Resource": "*",
         })
     return statements
 
@@ -476,6 +483,50 @@ def _conditions_exclude(
     return False
 
 
+def _string_match(base: str, pattern: str, value: str) -> bool:
+    if base in ("stringequalsignorecase", "stringnotequalsignorecase"):
+        return pattern.lower() == value.lower()
+    if base in ("stringlike", "stringnotlike"):
+        parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern]
+        return re.fullmatch("".join(parts), value, re.DOTALL) is not None
+    return pattern == value
+
+
+def _refusal(conditions: Iterable[_Condition], required: Call,
+             tenant: str | None) -> str | None:
+    """Why these conditions never hold for the provider's ``required`` call, or None when
+    they may. Decided only on encryption-context keys: the context of each call is known
+    (cmek.customer.requirements); other keys are left to KMS."""
+    prefix = CONTEXT_CONDITION_PREFIX.lower()
+    for c in conditions:
+        if (c.base is None or c.set_operator == "forallvalues"
+                or not c.key.startswith(prefix)):
+            continue
+        name = c.key[len(prefix):]
+        sent = required.with_context and name in {k.lower() for k in CONTEXT_KEYS}
+        positive = c.base in _POSITIVE_MATCH
+        if not sent:
+            if positive and not c.if_exists:
+                what = ("carries no encryption context" if not required.with_context
+                        else f"carries no {name}")
+                return f"{c.operator} on {c.key} ({required.action} {what})"
+            continue
+        if name != TENANT_KEY:  # category and epoch take every value the provider uses
+            if positive or c.base in _NEGATIVE_MATCH:
+                return (f"{c.operator} on {c.key} limits {name}; the provider uses every "
+                        f"{name}")
+            continue
+        if tenant is None or not (positive or c.base in _NEGATIVE_MATCH):
+            continue
+        hit = any(_string_match(c.base, v, tenant) for v in c.values)
+        if positive and not hit:
+            return (f"{c.operator} on {c.key} allows "
+                    f"{', '.join(_quote(v) for v in c.values)}, not tenant {_quote(tenant)}")
+        if not positive and hit:
+            return f"{c.operator} on {c.key} refuses tenant {_quote(tenant)}"
+    return None
+
+
 def _restricts_wildcard(conditions: Iterable[_Condition]) -> bool:
     """A Principal "*" is tolerable only with a positive, always-evaluated condition on who
     calls (account, ARN, organization) or through which service."""
@@ -575,10 +626,12 @@ def _condition_values(raw: Any) -> tuple[str, ...] | None:
 class _Linter:
     """One pass over one document; collects findings keyed by statement index."""
 
-    def __init__(self, document: dict[str, Any], provider: str, owner: str | None) -> None:
+    def __init__(self, document: dict[str, Any], provider: str, owner: str | None,
+                 tenant: str | None) -> None:
         self.document = document
         self.provider = provider
         self.owner = owner
+        self.tenant = tenant
         self.found: list[tuple[int, Finding]] = []
         self.owners: set[str] = set()
 
@@ -861,7 +914,7 @@ class _Linter:
         tenants = sorted({
             v for c in s.conditions if c.key == TENANT_CONDITION_KEY.lower() for v in c.values
         })
-        if tenants:
+        if tenants and self.tenant is None:  # with a tenant, check_provider_actions decides
             self.add(s.index, s.label, "tenant_restriction_other", "warning",
                      "the provider may use the key only for tenant(s) "
                      + ", ".join(_quote(t) for t in tenants),
@@ -899,13 +952,23 @@ class _Linter:
                      "these actions.")
 
     def check_provider_actions(self, usable: list[_Statement]) -> None:
+        """Each call the provider makes must be allowed by a statement whose conditions
+        can hold for the encryption context that call carries (cmek.customer.requirements)."""
         grants = [s for s in usable if s.effect == "Allow" and s.applies_to(self.provider)]
-        for action in REQUIRED_ACTIONS:
-            if not any(s.covers(action) for s in grants):
+        for required in CALLS:
+            covering = [s for s in grants if s.covers(required.action)]
+            if not covering:
                 self.add(-1, "-", "provider_action_missing", "error",
-                         f"no Allow statement grants the provider ({self.provider}) {action}",
-                         f"Add {action} to the \"{USAGE_SID}\" statement for "
-                         f"{_root(self.provider)}.")
+                         f"no Allow statement grants the provider ({self.provider}) "
+                         f"{required.action}", required.fix(self.provider, self.tenant))
+                continue
+            refusals = [(s, _refusal(s.conditions, required, self.tenant)) for s in covering]
+            if all(why is not None for _, why in refusals):
+                s, why = refusals[0]
+                self.add(s.index, s.label, "provider_action_conditioned", "error",
+                         f"{required.action} is allowed to the provider only under conditions "
+                         f"that never hold for it: {why}",
+                         required.fix(self.provider, self.tenant))
 
     def check_owner(self, usable: list[_Statement]) -> None:
         if self.owner is not None:
@@ -928,13 +991,17 @@ class _Linter:
                      f"Add AWS's default statement first: {statement}")
 
 
-def lint(text: str, provider_account: str, owner_account: str | None = None) -> LintResult:
-    """Check a key policy for the provider integration, statically (no AWS calls).
+def lint(text: str, provider_account: str, owner_account: str | None = None,
+         tenant: str | None = None) -> LintResult:
+    """Check a key policy for the provider integration, statically (no AWS calls); with
+    ``tenant``, as the provider will use the key for that tenant.
 
-    The accounts are arguments, not findings: a malformed one raises ``InvalidAccount``.
+    The accounts and the tenant are arguments, not findings: a malformed one raises.
     """
     provider = validate_account(provider_account)
     owner = _validate_owner(owner_account, provider) if owner_account is not None else None
+    if tenant is not None:
+        _validate_tenant(tenant)
     try:
         document = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -950,4 +1017,4 @@ def lint(text: str, provider_account: str, owner_account: str | None = None) -> 
             f"the JSON is {_json_type(document)} without a Statement element, not a key policy",
             'Lint the policy document itself: {"Version": "2012-10-17", "Statement": [...]}.',
         )], is_policy=False)
-    return LintResult(_Linter(document, provider, owner).run(), is_policy=True)
+    return LintResult(_Linter(document, provider, owner, tenant).run(), is_policy=True)

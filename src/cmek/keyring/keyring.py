@@ -51,11 +51,11 @@ from cmek.crypto.stream import STREAM_HEADER_LEN
 from cmek.errors import (
     CmekError,
     DecryptionError,
-    InvalidInput,
     RowNotAuthentic,
     TenantExists,
     UnknownTenant,
 )
+from cmek.ids import validate_tenant_id
 from cmek.keyring.categories import category_name
 from cmek.keyring.table import DataKeyRow, data_keys, metadata, row_to_key, tenants
 from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError, KmsUnavailable
@@ -63,18 +63,6 @@ from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError, KmsUnavailab
 T = TypeVar("T")
 log = logging.getLogger("cmek.keyring")
 TENANT_ROWS = "cmek_tenants"
-
-_TENANT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def validate_tenant_id(tenant: str) -> str:
-    if not 1 <= len(tenant) <= 64 or not set(tenant) <= _TENANT_ID_CHARS or tenant[0] in "-_":
-        raise InvalidInput(
-            "tenant id must be 1-64 characters of a-z, 0-9, '-' and '_', starting with a "
-            "letter or digit"
-        )
-    return tenant
-
 
 def encryption_context(tenant: str, category: str, epoch: int) -> dict[str, str]:
     """What every KMS call says about itself in the customer's usage log."""

@@ -11,6 +11,7 @@ from cmek.kms.errors import (
     classify,
 )
 from cmek.kms.port import (
+    CallerIdentity,
     Ciphertext,
     EncryptionContext,
     GeneratedDataKey,
@@ -21,7 +22,7 @@ from cmek.kms.port import (
 )
 
 __all__ = [
-    "BotoKms", "Ciphertext", "EncryptionContext", "GeneratedDataKey", "KeyArn",
+    "BotoKms", "CallerIdentity", "Ciphertext", "EncryptionContext", "GeneratedDataKey", "KeyArn",
     "KeyDescription", "KeyRevoked", "Kms", "KmsError", "KmsInvalidCiphertext",
     "KmsMisconfigured", "KmsSettings", "KmsUnavailable", "RevocationReason",
     "UnwrappedDataKey", "classify",

@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from cmek.kms.errors import KmsMisconfigured, KmsUnavailable, classify
 from cmek.kms.port import (
+    CallerIdentity,
     Ciphertext,
     EncryptionContext,
     GeneratedDataKey,
@@ -83,19 +84,21 @@ class KmsSettings:
 class BotoKms:
     def __init__(self, settings: KmsSettings, client: KMSClient | None = None) -> None:
         self.settings = settings
+        self._session = boto3.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+            profile_name=settings.profile, region_name=settings.region,
+        ) if client is None else None
+        self._config = Config(
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+            max_pool_connections=32,
+        )
         if client is None:
-            session = boto3.Session(
-                aws_access_key_id=settings.access_key_id,
-                aws_secret_access_key=settings.secret_access_key,
-                aws_session_token=settings.session_token,
-                profile_name=settings.profile, region_name=settings.region,
-            )
-            config = Config(
-                connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-                retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
-                max_pool_connections=32,
-            )
-            client = session.client("kms", endpoint_url=settings.endpoint_url, config=config)
+            assert self._session is not None
+            client = self._session.client("kms", endpoint_url=settings.endpoint_url,
+                                          config=self._config)
         self.client = client
 
     # --- the port ---------------------------------------------------------------------
@@ -145,6 +148,17 @@ class BotoKms:
             deletion_date=deletion.timestamp() if deletion is not None else None,
             request_id=_rid(out),
         )
+
+    def caller_identity(self) -> CallerIdentity:
+        """STS GetCallerIdentity with the same credentials, at the same endpoint when one
+        is set (kmslocal answers it; AWS's own STS otherwise)."""
+        if self._session is None:
+            raise KmsMisconfigured("this port was given a client: its identity is unknown",
+                                   operation="GetCallerIdentity")
+        sts = self._session.client("sts", endpoint_url=self.settings.endpoint_url,
+                                   config=self._config)
+        out = self._call("GetCallerIdentity", sts.get_caller_identity)
+        return CallerIdentity(account=str(out["Account"]), arn=str(out["Arn"]))
 
     # --- plumbing ---------------------------------------------------------------------
     def _check(self, key_arn: str, context: EncryptionContext | None, operation: str) -> None:

@@ -78,6 +78,14 @@ class KeyDescription:
     request_id: str
 
 
+@dataclass(frozen=True)
+class CallerIdentity:
+    """Who the port's credentials are: what the customer's usage log will name."""
+
+    account: str
+    arn: str
+
+
 class Kms(Protocol):
     def generate_data_key(self, key_arn: str, context: EncryptionContext) -> GeneratedDataKey: ...
 
@@ -93,3 +101,5 @@ class Kms(Protocol):
     ) -> Ciphertext: ...
 
     def describe_key(self, key_arn: str) -> KeyDescription: ...
+
+    def caller_identity(self) -> CallerIdentity: ...

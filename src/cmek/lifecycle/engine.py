@@ -13,6 +13,7 @@ decides *when*, records every transition in the audit trail, and persists the st
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from cmek.kms import KeyRevoked, Kms, KmsError, KmsUnavailable, RevocationReason
 from cmek.lifecycle.state import KeyState, StateStore, TenantKeyState
 
 DAY = 86400.0
+log = logging.getLogger("cmek.lifecycle")
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,9 @@ class Lifecycle:
             self.audit.append(stored.tenant_id, "key_state_changed", {
                 "from": previous.state.value, "to": stored.state.value,
                 "reason": stored.reason, "cause": cause, "request_id": seen.request_id})
+            log.log(logging.INFO if stored.state.serving else logging.WARNING,
+                    "tenant %s: key %s -> %s (%s; seen by %s)", stored.tenant_id,
+                    previous.state.value, stored.state.value, stored.reason, cause)
             if self.on_change is not None:
                 self.on_change(stored)
         return stored

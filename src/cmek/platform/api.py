@@ -146,8 +146,10 @@ def _internal_error(exc: BaseException) -> JSONResponse:
 
 
 def error(code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra},
-                        status_code=STATUS.get(code, 400),
+    status = STATUS.get(code, 400)
+    if status >= 500:  # the operator hears of every server-side failure, with its code
+        log.error("answered %d %s: %s", status, code, message)
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status,
                         headers={"Cache-Control": "no-store"})
 
 

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from cmek.db import normalize_url
 from cmek.errors import CmekError
 from cmek.platform.clients import parse_networks
 from cmek.platform.warehouse.egress import EgressPolicy
@@ -151,6 +152,15 @@ def _dir(value: Any) -> Path:
     return value.expanduser().resolve()
 
 
+def duration(seconds: float) -> str:
+    """Seconds as written in settings, and in the largest whole unit: ``2592000 s (30 d)``."""
+    text = f"{seconds:.0f} s" if float(seconds).is_integer() else f"{seconds} s"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{text} ({seconds / size:.0f} {unit})"
+    return text
+
+
 def _entries(value: Any, what: str) -> list[str]:
     """A list: from TOML as a list, from the environment comma-separated."""
     if isinstance(value, str):
@@ -160,7 +170,7 @@ def _entries(value: Any, what: str) -> list[str]:
     return list(value)
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
 
 
@@ -217,7 +227,7 @@ class Settings(BaseModel):
     def __repr_args__(self) -> Any:
         # A PostgreSQL URL may carry a password; repr/str must not.
         for name, value in super().__repr_args__():
-            yield name, _redact_url(value) if name == "database_url" else value
+            yield name, redact_url(value) if name == "database_url" else value
 
     @model_validator(mode="before")
     @classmethod
@@ -269,13 +279,14 @@ class Settings(BaseModel):
     def _check_database_url(cls, value: Any) -> str:
         if not isinstance(value, str):
             raise _Invalid(f"must be a string, got {type(value).__name__}")
-        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-            return value
-        if value.startswith("postgresql://") and len(value) > len("postgresql://"):
-            return value
-        scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+        url = normalize_url(value)
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            return url
+        if url.startswith("postgresql://") and len(url) > len("postgresql://"):
+            return url
+        scheme = url.split("://", 1)[0] if "://" in url else url[:20]
         # Only the scheme is echoed: the rest may hold a password.
-        raise _Invalid("must start with sqlite:/// or postgresql://, "
+        raise _Invalid("must start with sqlite:///, postgresql:// or postgres://, "
                        f"got one starting with {scheme!r}")
 
     @field_validator("object_store", mode="before")
@@ -368,7 +379,7 @@ class Settings(BaseModel):
         window = info.data.get("restore_window")
         if window is not None and value > window:
             raise _Invalid(f"must be <= restore_window ({ENV_VARS['restore_window']}, "
-                           f"{window:g} s), got {value:g}")
+                           f"{duration(window)}), got {duration(value)}")
         return value
 
     @field_validator("provider_account", mode="before")
@@ -480,9 +491,9 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
             values[key] = _from_env(key, raw)
             where[key] = var
     for key, value in overrides.items():
-        if value is not None:
+        if value is not None:  # the command line's flags
             values[key] = value
-            where[key] = f"{key} ({ENV_VARS[key]})"
+            where[key] = f"--{key.replace('_', '-')}"
     try:
         return Settings(**values)
     except ValidationError as e:

@@ -3,13 +3,18 @@
 Create the key with the onboarding commands, provision, load data; then disable (lock),
 enable (restore by restart), disable for 8 days (restore from backup), schedule deletion
 (pending_deletion), cancel (restore), schedule deletion and let it run out (destroyed).
-Each step prints what it saw and, for locks and restores, how long it took; the exit
-status is 0 only if every step behaved.
+Each step prints what it saw and, for locks and restores, how long it took (or, with
+``--json``, all of it at the end as one object); the exit status is 0 only if every step
+behaved. It runs on free ports of its own, beside a ``make run`` or another demo, in a
+temporary folder that it deletes at the end (it holds kmslocal's root key) unless
+``--keep``, or ``CMEK_DEMO_DIR`` names a folder to use instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +24,7 @@ from typing import Any
 import boto3
 import httpx
 
-from cmek.platform.devrun import ADMIN, CUSTOMER, TENANT, running_demo
+from cmek.platform.devrun import ADMIN, CUSTOMER, TENANT, StartFailed, running_demo
 
 DAY = 86400.0
 
@@ -28,8 +33,7 @@ class StepFailed(Exception):
     pass
 
 
-def run() -> int:
-    root = Path(os.environ.get("CMEK_DEMO_DIR") or tempfile.mkdtemp(prefix="cmek-demo-"))
+def run(root: Path, steps: list[dict[str, str]], say: Callable[[str], None]) -> None:
     with running_demo(root, verbose=False) as demo:
         kms = boto3.client("kms", endpoint_url=demo.kms_url, region_name="us-west-2",
                            aws_access_key_id=CUSTOMER[0], aws_secret_access_key=CUSTOMER[1])
@@ -60,8 +64,10 @@ def run() -> int:
             return r.status_code == 200 and r.json()["body"]["title"] == "Sales overview"
 
         def step(title: str, action: Callable[[], str]) -> None:
-            print(f"- {title} ... ", end="", flush=True)
-            print(action(), flush=True)
+            steps.append({"step": title, "result": ""})
+            say(f"- {title} ... ")
+            steps[-1]["result"] = action()
+            say(steps[-1]["result"] + "\n")
 
         def dev_clock(seconds: float) -> str:
             api.post("/_dev/clock", json={"advance_seconds": seconds})
@@ -119,13 +125,30 @@ def run() -> int:
         headers = session()
         step("the customer schedules deletion", schedule)
         step("the 7-day window runs out (kmslocal dev clock)", run_out)
-        print("every step behaved")
-    return 0
 
 
-def main() -> int:
+def main(*, as_json: bool = False, keep: bool = False) -> int:
+    given = os.environ.get("CMEK_DEMO_DIR")
+    root = Path(given or tempfile.mkdtemp(prefix="cmek-demo-"))
+    steps: list[dict[str, str]] = []
+
+    def say(text: str) -> None:
+        if not as_json:
+            print(text, end="", flush=True)
+
+    failure = None
     try:
-        return run()
-    except StepFailed as e:
-        print(f"FAILED: {e}")
-        return 1
+        run(root, steps, say)
+    except (StepFailed, StartFailed) as e:
+        failure = str(e)
+    finally:
+        if not (keep or given):
+            shutil.rmtree(root, ignore_errors=True)
+    if as_json:
+        print(json.dumps({"ok": failure is None, "steps": steps, "failure": failure,
+                          "folder": str(root) if keep or given else None}, indent=2))
+    else:
+        print("every step behaved" if failure is None else f"FAILED: {failure}")
+        if keep:
+            print(f"kept {root}")
+    return 0 if failure is None else 1

@@ -3,15 +3,21 @@
 The demo goes through the same path as a real customer: the customer creates its key
 with ``cmek key create``, the operator provisions the tenant (which verifies the key),
 and sample data is loaded over the HTTP API. Ctrl-C stops both processes.
+
+Ports and folder: ``KMSLOCAL_PORT`` (4599), ``CMEK_PORT`` (8000) and ``CMEK_RUN_DIR``
+(``.run``). A second ``make run`` needs all three of its own: a port in use or a run folder
+in use is refused before anything starts, saying which and how to choose another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,8 +29,7 @@ from typing import Any
 
 import httpx
 
-KMS_PORT = int(os.environ.get("KMSLOCAL_PORT", "4599"))
-PLATFORM_PORT = int(os.environ.get("CMEK_PORT", "8000"))
+PORTS = (("KMSLOCAL_PORT", 4599), ("CMEK_PORT", 8000))
 PROVIDER = ("AKIAKMSLOCALPROVIDER", "kmslocal-dev-provider-secret",
             "arn:aws:iam::111111111111:role/cmek-platform")
 CUSTOMER = ("AKIAKMSLOCALCUSTOMER", "kmslocal-dev-customer-secret",
@@ -34,16 +39,25 @@ ADMIN = ("admin@demo.example", "demo admin password")
 ANALYST = ("analyst@demo.example", "demo analyst password")
 
 
-def _start(cmd: list[str], env: dict[str, str], prefix: str,
-           verbose: bool = True) -> tuple[subprocess.Popen[str], str]:
+class StartFailed(Exception):
+    """A step of starting the demo failed; the message says what the child said."""
+
+
+def _start(cmd: list[str], env: dict[str, str], prefix: str, verbose: bool,
+           procs: list[subprocess.Popen[str]]) -> str:
+    """Start a server; its URL once it says so, else its own last words as the error."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
+    procs.append(proc)
     assert proc.stdout is not None
+    said: list[str] = []
     for line in proc.stdout:
         if line.startswith(prefix):
             threading.Thread(target=_relay, args=(proc, cmd[2], verbose), daemon=True).start()
-            return proc, line.split()[-1]
-    raise SystemExit(f"{cmd[2]} did not start")
+            return line.split()[-1]
+        said.append(line.strip())
+    last = next((line for line in reversed(said) if line), "no output")
+    raise StartFailed(f"{cmd[2]} did not start: {last}")
 
 
 def _relay(proc: subprocess.Popen[str], name: str, verbose: bool) -> None:
@@ -149,21 +163,38 @@ class Demo:
 
 
 @contextlib.contextmanager
-def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
-    """kmslocal and the platform with the demo tenant and its sample data; stops both."""
+def running_demo(root: Path, *, verbose: bool = True, kms_port: int = 0,
+                 platform_port: int = 0) -> Iterator[Demo]:
+    """kmslocal and the platform with the demo tenant and its sample data; stops both.
+    Port 0: a free one."""
     if root.exists():
         shutil.rmtree(root)  # each run starts from a fresh demo
     (root / "platform").mkdir(parents=True)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield _launch(root, verbose, kms_port, platform_port, procs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _launch(root: Path, verbose: bool, kms_port: int, platform_port: int,
+            procs: list[subprocess.Popen[str]]) -> Demo:
     operator_token = secrets.token_urlsafe(24)
     _kmslocal_config(root / "kmslocal.toml")
     bindir = str(Path(sys.executable).parent)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))}
     base_env |= {"PATH": f"{bindir}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
                  "AWS_EC2_METADATA_DISABLED": "true"}
-    kms, kms_url = _start([sys.executable, "-m", "kmslocal.cli", "serve", "--dev", "--port",
-                           str(KMS_PORT), "--data-dir", str(root / "kmslocal"), "--config",
-                           str(root / "kmslocal.toml")], base_env, "kmslocal listening on ",
-                          verbose)
+    kms_url = _start([sys.executable, "-m", "kmslocal.cli", "serve", "--dev", "--port",
+                      str(kms_port), "--data-dir", str(root / "kmslocal"), "--config",
+                      str(root / "kmslocal.toml")], base_env, "kmslocal listening on ",
+                     verbose, procs)
     platform_env = base_env | {
         "CMEK_DATA_DIR": str(root / "platform"), "CMEK_KMS_ENDPOINT_URL": kms_url,
         "CMEK_KMS_REGION": "us-west-2", "CMEK_OPERATOR_TOKEN": operator_token,
@@ -171,47 +202,80 @@ def running_demo(root: Path, *, verbose: bool = True) -> Iterator[Demo]:
         "AWS_SECRET_ACCESS_KEY": PROVIDER[1], "CMEK_BACKUP_INTERVAL": "0",
         "CMEK_PROVIDER_ACCOUNT": PROVIDER[2].split(":")[4],
     }
-    platform, url = _start([sys.executable, "-m", "cmek.cli", "serve", "--dev", "--port",
-                            str(PLATFORM_PORT)], platform_env, "cmek listening on ", verbose)
-    try:
-        customer_env = base_env | {"AWS_ACCESS_KEY_ID": CUSTOMER[0],
-                                   "AWS_SECRET_ACCESS_KEY": CUSTOMER[1],
-                                   "AWS_REGION": "us-west-2"}
-        created = subprocess.run(
-            [sys.executable, "-m", "cmek.cli", "key", "create", "--provider-account",
-             "111111111111", "--alias", "cmek-demo", "--tenant", TENANT, "--endpoint-url",
-             kms_url, "--json"], env=customer_env, capture_output=True, text=True, check=False)
-        if created.returncode != 0:
-            raise SystemExit(created.stderr.strip())
-        key_arn = json.loads(created.stdout)["key_arn"]
-        with httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
-            r = c.post("/v1/tenants", headers={"Authorization": f"Bearer {operator_token}"},
-                       json={"tenant_id": TENANT, "kms_key_arn": key_arn,
-                             "admin_email": ADMIN[0], "admin_password": ADMIN[1]})
-            if r.status_code != 201:
-                raise SystemExit(f"provisioning failed: {r.text}")
-            _subscribe(url, kms_url, operator_token, key_arn)
-            token = c.post(f"/v1/tenants/{TENANT}/sessions",
-                           json={"email": ADMIN[0], "password": ADMIN[1]}).json()["token"]
-        warehouse = root / "platform" / "warehouses" / TENANT / "warehouse.duckdb"
-        _warehouse(warehouse)  # in the tenant's warehouse folder, made at provisioning
-        load_sample_data(url, token, warehouse)
-        yield Demo(url, kms_url, key_arn, operator_token, (kms, platform))
-    finally:
-        for proc in (platform, kms):
-            proc.terminate()
-        for proc in (platform, kms):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    url = _start([sys.executable, "-m", "cmek.cli", "serve", "--dev", "--port",
+                  str(platform_port)], platform_env, "cmek listening on ", verbose, procs)
+    customer_env = base_env | {"AWS_ACCESS_KEY_ID": CUSTOMER[0],
+                               "AWS_SECRET_ACCESS_KEY": CUSTOMER[1],
+                               "AWS_REGION": "us-west-2"}
+    created = subprocess.run(
+        [sys.executable, "-m", "cmek.cli", "key", "create", "--provider-account",
+         "111111111111", "--alias", "cmek-demo", "--tenant", TENANT, "--endpoint-url",
+         kms_url, "--json"], env=customer_env, capture_output=True, text=True, check=False)
+    if created.returncode != 0:
+        raise StartFailed(created.stderr.strip())
+    key_arn = json.loads(created.stdout)["key_arn"]
+    with httpx.Client(base_url=url, timeout=30, trust_env=False) as c:
+        r = c.post("/v1/tenants", headers={"Authorization": f"Bearer {operator_token}"},
+                   json={"tenant_id": TENANT, "kms_key_arn": key_arn,
+                         "admin_email": ADMIN[0], "admin_password": ADMIN[1]})
+        if r.status_code != 201:
+            raise StartFailed(f"provisioning failed: {r.text}")
+        _subscribe(url, kms_url, operator_token, key_arn)
+        token = c.post(f"/v1/tenants/{TENANT}/sessions",
+                       json={"email": ADMIN[0], "password": ADMIN[1]}).json()["token"]
+    warehouse = root / "platform" / "warehouses" / TENANT / "warehouse.duckdb"
+    _warehouse(warehouse)  # in the tenant's warehouse folder, made at provisioning
+    load_sample_data(url, token, warehouse)
+    return Demo(url, kms_url, key_arn, operator_token, tuple(procs))
+
+
+def _port(var: str, default: int) -> int:
+    text = os.environ.get(var, str(default))
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise StartFailed(f"{var} must be a port number from 1 to 65535, not {text!r}")
+    port = int(text)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise StartFailed(
+                f"port {port} ({var}) is in use ({e.strerror}): is another `make run` (or "
+                "`cmek serve`) running? Run a second one with its own ports and folder, e.g. "
+                "KMSLOCAL_PORT=4600 CMEK_PORT=8001 CMEK_RUN_DIR=.run2 make run") from None
+    return port
+
+
+@contextlib.contextmanager
+def _run_dir_lock(root: Path) -> Iterator[None]:
+    """One `make run` per run folder: the second is refused before it deletes anything."""
+    lock_path = root.with_name(root.name + ".lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StartFailed(f"{root} (CMEK_RUN_DIR) is in use by another `make run`: set "
+                              "CMEK_RUN_DIR to another folder (and KMSLOCAL_PORT, CMEK_PORT "
+                              "to other ports)") from None
+        yield
 
 
 def main() -> int:
     root = Path(os.environ.get("CMEK_RUN_DIR", ".run")).resolve()
-    with running_demo(root) as demo:
-        url, kms_url, key_arn = demo.url, demo.kms_url, demo.key_arn
-        print(f"""
+    try:
+        kms_port, platform_port = (_port(var, default) for var, default in PORTS)
+        with _run_dir_lock(root), running_demo(root, kms_port=kms_port,
+                                               platform_port=platform_port) as demo:
+            _announce(demo)
+            _wait(*demo.procs)
+    except StartFailed as e:
+        print(f"make run: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _announce(demo: Demo) -> None:
+    url, kms_url, key_arn = demo.url, demo.kms_url, demo.key_arn
+    print(f"""
 cmek is running (Ctrl-C stops it)
   platform API   {url}          operator token: {demo.operator_token}
   kmslocal       {kms_url}      (dev mode)
@@ -226,10 +290,9 @@ try:
   curl -s {url}/v1/tenants/{TENANT}/search?q=revenue -H "Authorization: Bearer $TOKEN"
   AWS_ACCESS_KEY_ID={CUSTOMER[0]} AWS_SECRET_ACCESS_KEY={CUSTOMER[1]} AWS_REGION=us-west-2 \\
        cmek usage --key-arn {key_arn} --endpoint-url {kms_url}
-  cmek demo    (the whole key lifecycle, scripted)
+  cmek demo    (the whole key lifecycle, scripted, on free ports of its own)
+(cmek is .venv/bin/cmek: `source .venv/bin/activate` puts it on PATH)
 """, flush=True)
-        _wait(*demo.procs)
-    return 0
 
 
 def _wait(*procs: subprocess.Popen[str]) -> None:

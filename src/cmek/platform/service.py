@@ -16,7 +16,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
 from cmek.lifecycle import Durations, KeyState, Lifecycle, TenantKeyState
 from cmek.platform.clients import parse_networks
 from cmek.platform.cluster import Cluster
-from cmek.platform.config import Settings
+from cmek.platform.config import ENV_VARS, ConfigError, Settings, redact_url
 from cmek.platform.control import ControlPlane, TokenInfo
 from cmek.platform.key_events import HEADER as EVENT_HEADER
 from cmek.platform.key_events import KeyEventGate, check_event
@@ -62,6 +62,7 @@ from cmek.stores.objects import ObjectNotFound, ObjectStore, open_object_store
 from cmek.stores.search import SearchIndex
 from cmek.stores.tenant import OBJECT_KINDS, NotFound, StoreClosed, StoredObject, TenantStore
 
+log = logging.getLogger("cmek.platform")
 SESSION_TTL = 8 * 3600.0
 ROLES = ("admin", "analyst")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
@@ -90,6 +91,10 @@ class StoreIndex(SearchIndex):
         assert isinstance(index, StoreIndex)
         index.versions = versions
         return index
+
+
+class StoreUnreachable(CmekError):
+    code = "store_unreachable"
 
 
 class KeyVerificationFailed(CmekError):
@@ -156,8 +161,20 @@ class Platform:
     def __init__(self, settings: Settings, clock: Clock, kms: Kms | None = None) -> None:
         self.settings = settings
         self.clock = clock
-        private_dir(settings.data_dir)
+        try:
+            private_dir(settings.data_dir)
+        except OSError as e:
+            raise ConfigError(f"data_dir ({ENV_VARS['data_dir']}): cannot use "
+                              f"{settings.data_dir}: {e.strerror}") from None
         self.engine = create_engine(settings.database_url)
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa.exc.DBAPIError as e:
+            self.engine.dispose()
+            raise StoreUnreachable(
+                f"database_url ({ENV_VARS['database_url']}): cannot connect to "
+                f"{redact_url(settings.database_url)}: {_first_line(e.orig)}") from None
         self.rows = RowAuthenticator(integrity_key(settings))
         self.control = ControlPlane(self.engine, self.rows)
         self.audit = AuditTrail(self.engine, clock)
@@ -208,6 +225,23 @@ class Platform:
                 wall_seconds=settings.query_timeout, cpu_seconds=settings.query_cpu_seconds,
                 memory_bytes=settings.query_memory_mb << 20),
                 max_running=settings.query_max_running, per_tenant=settings.query_per_tenant))
+
+    def store_problems(self) -> dict[str, str]:
+        """What keeps this process from serving, by store: the control plane must answer
+        and the object store must take a write (a probe, deleted again). Empty: serving."""
+        problems: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa.exc.DBAPIError as e:
+            problems["control_plane"] = _first_line(e.orig)
+        probe = f"health/{os.getpid()}"
+        try:
+            self.objects.put(probe, b"probe")
+            self.objects.delete(probe)
+        except CmekError as e:
+            problems["object_store"] = e.message
+        return problems
 
     def close(self) -> None:
         self.cluster.stop()
@@ -418,7 +452,9 @@ class Platform:
         store = self.store(caller.tenant_id)
         stored = store.put_object(kind, object_id, body)
         crashpoints.reached("write.object_committed")
-        try:  # the object is saved: whatever fails from here, the indexing job catches up
+        # The object is saved: whatever fails from here, the write is acknowledged (a client
+        # that retried would write it twice) and the indexing job catches the index up.
+        with self._after_commit(caller.tenant_id, "saving"):
             store.log("object_saved", caller.user_id, {"kind": kind, "object_id": object_id})
             with self._index_lock(caller.tenant_id):
                 index = self.search_index(caller.tenant_id)
@@ -426,28 +462,31 @@ class Platform:
                 if index.versions.get(doc, 0) < stored.version:  # never over a later version
                     index.upsert(doc, kind, object_title(body, object_id), _texts(body))
                     index.versions[doc] = stored.version
-                    try:
-                        self._save_index(caller.tenant_id, index)
-                    except CmekError:  # the write stands; the indexing job saves it later
-                        self._index_stale(caller.tenant_id)
-        except Exception:
-            self._index_stale(caller.tenant_id)
-            raise
+                    self._save_index(caller.tenant_id, index)
         return stored
 
     def delete_object(self, caller: Caller, kind: str, object_id: str) -> None:
         store = self.store(caller.tenant_id)
         store.delete_object(kind, object_id)
-        try:
+        with self._after_commit(caller.tenant_id, "deleting"):
             store.log("object_deleted", caller.user_id, {"kind": kind, "object_id": object_id})
             with self._index_lock(caller.tenant_id):
                 index = self.search_index(caller.tenant_id)
                 known = index.versions.pop(f"{kind}/{object_id}", None) is not None
                 if index.remove(f"{kind}/{object_id}") or known:
                     self._save_index(caller.tenant_id, index)
-        except Exception:
-            self._index_stale(caller.tenant_id)  # so a deleted object stops being found
-            raise
+
+    @contextlib.contextmanager
+    def _after_commit(self, tenant_id: str, what: str) -> Iterator[None]:
+        """The steps after a committed write: a failure there is logged and left to the
+        indexing job (the index is marked for a rebuild), never answered as an error."""
+        try:
+            yield
+        except Exception as e:
+            self._index_stale(tenant_id)
+            code = e.code if isinstance(e, CmekError) else type(e).__name__
+            log.warning("after %s an object of %s, updating its index failed (%s); the "
+                        "indexing job rebuilds it", what, tenant_id, code)
 
     def _index_stale(self, tenant_id: str) -> None:
         with self._lock:  # the indexing job rebuilds it from the metadata
@@ -991,6 +1030,11 @@ class TenantEnforcer:
                 "tenant_database_dropped": database_dropped,
                 "data_keys_remaining": int(keys_left),
                 "objects_remaining": len(p.objects.list(prefix))}
+
+
+def _first_line(error: object) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def integrity_key(settings: Settings) -> bytes:
