@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.kmslocal_harness import free_port
-
 
 def test_cmek_demo(tmp_path: Path) -> None:
+    """On free ports of its own, in a temporary folder it deletes: kmslocal's root key
+    does not stay behind."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))},
-           "CMEK_DEMO_DIR": str(tmp_path / "demo"), "KMSLOCAL_PORT": str(free_port()),
-           "CMEK_PORT": str(free_port())}
+           "TMPDIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "cmek.cli", "demo"], env=env,
                          capture_output=True, text=True, timeout=240)
+    assert not list(tmp_path.glob("cmek-demo-*"))
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[-1] == "every step behaved"

@@ -3,6 +3,7 @@ a key made by the onboarding commands, sample data loaded; driven here over HTTP
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -48,6 +49,7 @@ def test_demo_tenant_over_http(tmp_path: Path) -> None:
             assert len(c.get("/v1/tenants/demo/schedules").json()["schedules"]) == 1
             tables = c.get("/v1/tenants/demo/objects/tables").json()["objects"]
             assert [t["id"] for t in tables] == ["customers", "orders"]
+        beside_it(env, tmp_path, base)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -56,3 +58,27 @@ def test_demo_tenant_over_http(tmp_path: Path) -> None:
             proc.kill()
             raise
     assert proc.returncode == 0
+
+
+def beside_it(env: dict[str, str], tmp_path: Path, base: str) -> None:
+    """With `make run` up: `cmek demo` runs beside it on ports of its own; a second
+    `make run` on the same ports, or in the same folder, is refused before it touches
+    anything, saying which port or folder and how to choose others."""
+    demo = subprocess.run([sys.executable, "-m", "cmek.cli", "demo", "--json"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert json.loads(demo.stdout)["ok"] is True
+    second = subprocess.run([sys.executable, "-m", "cmek.platform.devrun"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"port {env['KMSLOCAL_PORT']} (KMSLOCAL_PORT) is in use" in second.stderr
+    assert "CMEK_RUN_DIR" in second.stderr
+    same_folder = {**env, "KMSLOCAL_PORT": str(free_port()), "CMEK_PORT": str(free_port())}
+    third = subprocess.run([sys.executable, "-m", "cmek.platform.devrun"], env=same_folder,
+                           capture_output=True, text=True, timeout=60)
+    assert third.returncode == 1
+    assert "(CMEK_RUN_DIR) is in use by another `make run`" in third.stderr
+    assert "Traceback" not in second.stderr + third.stderr
+    with httpx.Client(base_url=base, timeout=30, trust_env=False) as c:  # the first serves on
+        assert c.get("/healthz").status_code == 200
+    assert (tmp_path / "run" / "platform" / "control.sqlite3").exists()

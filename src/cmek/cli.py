@@ -101,17 +101,19 @@ def _caller_account(args: argparse.Namespace) -> str:
 
 
 def _explain(error: CmekError, args: argparse.Namespace) -> CmekError:
-    """An AWS failure, with where and how to fix it said in the message."""
+    """An AWS failure with what to do about it: where the endpoint is, which Region the
+    credentials were signed for, how to give credentials."""
     from cmek.customer.keys import CredentialsInvalid, EndpointUnreachable
 
     if isinstance(error, EndpointUnreachable):
-        error.message = (f"{error.message}; endpoint {_where(args)} (check --endpoint-url or "
-                         f"{ENDPOINT_VAR})")
+        error.message = (f"{error.message}: nothing answers at {_where(args)}; check "
+                         f"--endpoint-url or {ENDPOINT_VAR}, and the network")
     elif isinstance(error, CredentialsInvalid):
-        hint = ("; or the Region is wrong: the endpoint signs for another Region than "
-                f"{_region(args)} (check --region)") if "region" in error.message.lower() else ""
-        error.message = (f"{error.message}: set AWS credentials with --profile, AWS_PROFILE, "
-                         f"or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{hint}")
+        if "region" in error.message.lower():
+            error.message = (f"{error.message}: the endpoint does not serve Region "
+                             f"{_region(args)}; check --region or AWS_REGION")
+        else:
+            error.message = f"{error.message}; {error.hint}"
     return error
 
 
@@ -178,7 +180,7 @@ def _policy_lint(args: argparse.Namespace) -> int:
 
 # --- keys -----------------------------------------------------------------------------
 def _key_create(args: argparse.Namespace) -> int:
-    from cmek.customer.keys import create_key
+    from cmek.customer.keys import CustomerKeyError, create_key
     from cmek.customer.policy import validate_account
 
     provider = validate_account(args.provider_account)
@@ -186,8 +188,11 @@ def _key_create(args: argparse.Namespace) -> int:
         raise InvalidInput(f"the provider account {provider} is the account of these "
                            "credentials: create the key with your own (the customer's) "
                            "credentials, and give the provider's account id")
-    created = create_key(_boto_client(args, "kms"), provider, alias=args.alias,
-                         tenant=args.tenant)
+    try:
+        created = create_key(_boto_client(args, "kms"), provider, alias=args.alias,
+                             tenant=args.tenant)
+    except CustomerKeyError as e:
+        raise _explain(e, args) from None
     if args.json:
         _print_json(created.to_json())
     else:

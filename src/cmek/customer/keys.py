@@ -76,10 +76,13 @@ class KeyCreateFailed(CustomerKeyError):
 
 class CredentialsInvalid(CustomerKeyError):
     code = "credentials_invalid"
+    hint = ("set working AWS credentials: --profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY")
 
 
 class EndpointUnreachable(CustomerKeyError):
     code = "endpoint_unreachable"
+    hint = "check the endpoint and the network"
 
 
 _CREDENTIAL_CODES = frozenset({
@@ -108,10 +111,7 @@ def aws_error(
         text = _one_line(str(err.get("Message", "")))
         message = f"{step} failed: {code}" + (f": {text}" if text else "")
         if code in _CREDENTIAL_CODES:
-            return CredentialsInvalid(
-                f"{message} (check the AWS credentials: access key, secret, session token)",
-                step=step, aws_code=code,
-            )
+            return CredentialsInvalid(message, step=step, aws_code=code)
         return failed(message, step, code)
     if isinstance(exc, _UNREACHABLE):
         return EndpointUnreachable(

@@ -543,7 +543,7 @@ class Platform:
                 index.versions[doc] = obj.version
                 changed.append(doc)
         if changed:
-            self._save_index(tenant_id, index)
+            self._keep_index(tenant_id, index)
         return index
 
     def rebuild_index(self, tenant_id: str) -> StoreIndex:
@@ -552,8 +552,18 @@ class Platform:
             doc = f"{obj.kind}/{obj.object_id}"
             index.upsert(doc, obj.kind, object_title(obj.body, obj.object_id), _texts(obj.body))
             index.versions[doc] = obj.version
-        self._save_index(tenant_id, index)
+        self._keep_index(tenant_id, index)
         return index
+
+    def _keep_index(self, tenant_id: str, index: StoreIndex) -> None:
+        """Save an index just built or caught up; if the object store refuses, it serves
+        from memory and the indexing job saves it later."""
+        try:
+            self._save_index(tenant_id, index)
+        except CmekError as e:
+            self._index_stale(tenant_id)
+            log.warning("saving the search index of %s failed (%s); the indexing job "
+                        "retries", tenant_id, e.code)
 
     def _save_index(self, tenant_id: str, index: StoreIndex) -> None:
         self.objects.put(_index_key(tenant_id), self.keyring.seal(
