@@ -302,6 +302,11 @@ def test_a_locked_tenant_shows_only_the_notice(stack: Stack, folder: Path) -> No
         "email": ADMIN[0], "password": ADMIN[1], "csrf": form_token})
     assert refused.status_code == 423
     assert security.session_cookie(c.name) not in anonymous.cookies
+    listing = ops.get("/ops").text  # the list shows the countdowns of the locked tenant
+    row = listing[listing.index(f"<strong>{c.name}</strong>"):]
+    row = row[:row.index("</tr>")]
+    assert "Restore window ends: <span" in row
+    assert "Live stores kept until" in row
     console = ops.get(f"/ops/tenants/{c.name}/key")  # the operator still sees the key
     assert console.status_code == 200
     assert "Restore window ends" in console.text

@@ -182,8 +182,11 @@ def _policy_lint(args: argparse.Namespace) -> int:
 def _key_create(args: argparse.Namespace) -> int:
     from cmek.customer.keys import CustomerKeyError, create_key
     from cmek.customer.policy import validate_account
+    from cmek.ids import validate_tenant_id
 
     provider = validate_account(args.provider_account)
+    if args.tenant is not None:
+        validate_tenant_id(args.tenant)
     if _caller_account(args) == provider:
         raise InvalidInput(f"the provider account {provider} is the account of these "
                            "credentials: create the key with your own (the customer's) "
@@ -314,14 +317,18 @@ def _database_url(args: argparse.Namespace) -> str:
 def _audit(args: argparse.Namespace) -> int:
     from cmek.audit import AuditTrail
     from cmek.clock import SystemClock
-    from cmek.db import create_engine, normalize_url
-    from cmek.errors import UnknownTenant
+    from cmek.db import create_engine, normalize_url, redact_url, unreachable
+    from cmek.errors import StoreUnreachable, UnknownTenant
 
     url = normalize_url(_database_url(args))
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise FileUnreadable(f"no database at {url} (pass --database-url, or set "
                              "CMEK_DATABASE_URL or CMEK_DATA_DIR)")
-    trail = AuditTrail(create_engine(url), SystemClock())
+    engine = create_engine(url)
+    if (why := unreachable(engine)) is not None:
+        where = "--database-url" if args.database_url else "CMEK_DATABASE_URL"
+        raise StoreUnreachable(f"cannot connect to {redact_url(url)} ({where}): {why}")
+    trail = AuditTrail(engine, SystemClock())
     if args.tenant not in trail.tenants():
         raise UnknownTenant(f"no audit trail for tenant {args.tenant[:64]!r} in this "
                             "database: check the tenant id and --database-url")
@@ -465,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "$CMEK_DATABASE_URL, else SQLite under $CMEK_DATA_DIR)")
         if name == "export":
             cmd.add_argument("--out", help="file to write (default: standard output)")
+            _json_option(cmd, "(the output is always JSON lines)")
         else:
             _json_option(cmd)
         cmd.set_defaults(func=_audit)

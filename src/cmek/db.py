@@ -7,6 +7,7 @@ from several threads or processes queue instead of failing on lock upgrades.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from typing import Any
 
@@ -18,6 +19,23 @@ def normalize_url(url: str) -> str:
     """``postgres://`` (as many tools and hosting services write it) is ``postgresql://``."""
     return "postgresql://" + url.removeprefix("postgres://") if url.startswith(
         "postgres://") else url
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a message: the password replaced by ``***``."""
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
+
+
+def unreachable(engine: sa.Engine) -> str | None:
+    """Why the database does not answer a query, in one line (the driver's first line,
+    without the SQLAlchemy boilerplate), or None when it does."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as e:
+        lines = [line.strip() for line in str(e.orig).splitlines() if line.strip()]
+        return (lines[0] if lines else type(e.orig).__name__)[:300]
+    return None
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:

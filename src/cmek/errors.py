@@ -44,6 +44,12 @@ class UnknownTenant(CmekError):
     code = "unknown_tenant"
 
 
+class StoreUnreachable(CmekError):
+    """A store the platform needs (the control plane's database) does not answer."""
+
+    code = "store_unreachable"
+
+
 class TenantExists(CmekError):
     code = "tenant_exists"
 

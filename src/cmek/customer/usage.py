@@ -56,6 +56,9 @@ class UsageReport:
         }
 
 
+HISTORY_SECONDS = 90 * 86400.0  # what CloudTrail's LookupEvents can look back over
+
+
 def parse_since(text: str) -> float:
     """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"`` or plain seconds, to seconds (> 0)."""
     m = _SINCE.match(text.strip().lower())
@@ -67,6 +70,9 @@ def parse_since(text: str) -> float:
     seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidInput(f"bad time span {text[:40]!r}: it must be more than zero")
+    if seconds > HISTORY_SECONDS:
+        raise InvalidInput(f"bad time span {text[:40]!r}: CloudTrail's event history "
+                           "keeps the last 90 days (use 90d or less)")
     return seconds
 
 

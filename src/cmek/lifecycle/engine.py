@@ -91,7 +91,10 @@ class Lifecycle:
         return found
 
     def view(self, tenant_id: str) -> dict[str, Any]:
-        s = self.state(tenant_id)
+        return self.view_of(self.state(tenant_id))
+
+    def view_of(self, s: TenantKeyState) -> dict[str, Any]:
+        """A state with its deadlines, which follow from when the key became unusable."""
         restore = live = None
         if s.unusable_since is not None and s.state is not KeyState.DESTROYED:
             restore = s.unusable_since + self.durations.restore_window

@@ -275,6 +275,11 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # loc is then (body, character offset)
+            at = first.get("loc", ("body", "?"))[-1]
+            why = first.get("ctx", {}).get("error", "not JSON")
+            return error("invalid_input", f"the body is not valid JSON: {why} at character "
+                         f"{at}; send a JSON object with Content-Type: application/json")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error("invalid_input", f"{where or 'request'}: {first.get('msg', 'invalid')}"[:300])
 
@@ -310,8 +315,14 @@ def create_app(platform: Platform) -> FastAPI:
 
     call = run_in_threadpool  # handlers do blocking work (SQL, KMS) off the event loop
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", response_model=None)
+    async def healthz() -> dict[str, str] | JSONResponse:
+        """Ok only while every store answers: failing stores are named (the details go to
+        the log, not to anyone who asks)."""
+        failing = await call(platform.health)
+        if failing:
+            return JSONResponse({"status": "unavailable", "failing": failing},
+                                status_code=503)
         return {"status": "ok"}
 
     # --- operator -------------------------------------------------------------------------

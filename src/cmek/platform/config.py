@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from cmek.db import normalize_url
+from cmek.db import normalize_url, redact_url
 from cmek.errors import CmekError
 from cmek.platform.clients import parse_networks
 from cmek.platform.warehouse.egress import EgressPolicy
@@ -168,10 +168,6 @@ def _entries(value: Any, what: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise _Invalid(f"must be a list of {what}")
     return list(value)
-
-
-def redact_url(url: str) -> str:
-    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
 
 
 class Settings(BaseModel):

@@ -19,9 +19,10 @@ import uvicorn
 
 from cmek import crashpoints
 from cmek.clock import Clock, OffsetClock, SystemClock
+from cmek.db import redact_url
 from cmek.errors import CmekError
 from cmek.platform.api import create_app
-from cmek.platform.config import ENV_VARS, ConfigError, Settings, load_settings, redact_url
+from cmek.platform.config import ENV_VARS, ConfigError, Settings, load_settings
 from cmek.platform.service import Platform
 
 
@@ -61,6 +62,8 @@ def serve(*, config_file: Path | None, host: str | None, port: int | None,
     _arm_crash_point(os.environ.get(crashpoints.ENV_VAR, ""), settings.dev)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if settings.log_level != "DEBUG":  # its INFO lines are about itself, not the platform
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     clock: Clock = OffsetClock() if settings.dev else SystemClock()
     platform = Platform(settings, clock)
     problems = platform.store_problems()

@@ -29,8 +29,8 @@ from cmek.audit import AuditTrail
 from cmek.clock import Clock
 from cmek.crypto.rows import RowAuthenticator
 from cmek.customer.keys import VerifyReport, verify_key
-from cmek.db import create_engine
-from cmek.errors import CmekError, InvalidInput, TenantExists, UnknownTenant
+from cmek.db import create_engine, redact_url, unreachable
+from cmek.errors import CmekError, InvalidInput, StoreUnreachable, TenantExists, UnknownTenant
 from cmek.files import private_dir
 from cmek.keyring import Keyring, validate_tenant_id
 from cmek.keyring.table import data_keys
@@ -38,7 +38,7 @@ from cmek.kms import BotoKms, KeyRevoked, Kms, KmsError, KmsSettings
 from cmek.lifecycle import Durations, KeyState, Lifecycle, TenantKeyState
 from cmek.platform.clients import parse_networks
 from cmek.platform.cluster import Cluster
-from cmek.platform.config import ENV_VARS, ConfigError, Settings, redact_url
+from cmek.platform.config import ENV_VARS, ConfigError, Settings
 from cmek.platform.control import ControlPlane, TokenInfo
 from cmek.platform.key_events import HEADER as EVENT_HEADER
 from cmek.platform.key_events import KeyEventGate, check_event
@@ -64,6 +64,7 @@ from cmek.stores.tenant import OBJECT_KINDS, NotFound, StoreClosed, StoredObject
 
 log = logging.getLogger("cmek.platform")
 SESSION_TTL = 8 * 3600.0
+HEALTH_TTL = 5.0  # seconds a store probe stands for /healthz
 ROLES = ("admin", "analyst")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 
@@ -91,10 +92,6 @@ class StoreIndex(SearchIndex):
         assert isinstance(index, StoreIndex)
         index.versions = versions
         return index
-
-
-class StoreUnreachable(CmekError):
-    code = "store_unreachable"
 
 
 class KeyVerificationFailed(CmekError):
@@ -161,20 +158,18 @@ class Platform:
     def __init__(self, settings: Settings, clock: Clock, kms: Kms | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self._health: tuple[float, list[str]] | None = None
         try:
             private_dir(settings.data_dir)
         except OSError as e:
             raise ConfigError(f"data_dir ({ENV_VARS['data_dir']}): cannot use "
                               f"{settings.data_dir}: {e.strerror}") from None
         self.engine = create_engine(settings.database_url)
-        try:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except sa.exc.DBAPIError as e:
+        if (why := unreachable(self.engine)) is not None:
             self.engine.dispose()
             raise StoreUnreachable(
                 f"database_url ({ENV_VARS['database_url']}): cannot connect to "
-                f"{redact_url(settings.database_url)}: {_first_line(e.orig)}") from None
+                f"{redact_url(settings.database_url)}: {why}")
         self.rows = RowAuthenticator(integrity_key(settings))
         self.control = ControlPlane(self.engine, self.rows)
         self.audit = AuditTrail(self.engine, clock)
@@ -230,11 +225,8 @@ class Platform:
         """What keeps this process from serving, by store: the control plane must answer
         and the object store must take a write (a probe, deleted again). Empty: serving."""
         problems: dict[str, str] = {}
-        try:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except sa.exc.DBAPIError as e:
-            problems["control_plane"] = _first_line(e.orig)
+        if (why := unreachable(self.engine)) is not None:
+            problems["control_plane"] = why
         probe = f"health/{os.getpid()}"
         try:
             self.objects.put(probe, b"probe")
@@ -242,6 +234,18 @@ class Platform:
         except CmekError as e:
             problems["object_store"] = e.message
         return problems
+
+    def health(self) -> list[str]:
+        """The stores failing now, by name, for /healthz: probed at most every
+        HEALTH_TTL seconds, so that anyone asking often cannot make it a load."""
+        now = self.clock.now()
+        cached = self._health
+        if cached is None or now - cached[0] >= HEALTH_TTL:
+            problems = self.store_problems()
+            for store, why in problems.items():
+                log.error("health: the %s is failing: %s", store.replace("_", " "), why)
+            cached = self._health = (now, sorted(problems))
+        return cached[1]
 
     def close(self) -> None:
         self.cluster.stop()
@@ -1040,11 +1044,6 @@ class TenantEnforcer:
                 "tenant_database_dropped": database_dropped,
                 "data_keys_remaining": int(keys_left),
                 "objects_remaining": len(p.objects.list(prefix))}
-
-
-def _first_line(error: object) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def integrity_key(settings: Settings) -> bytes:

@@ -123,7 +123,8 @@ def tenant_rows(platform: Platform) -> list[dict[str, Any]]:
         rows.append({"tenant_id": tid, "key_arn": tenant["kms_key_arn"],
                      "state": state.state.value, "reason": state.reason,
                      "last_checked": when(state.last_checked_at),
-                     "since_ok": "never" if ok is None else f"{span(now - ok)} ago"})
+                     "since_ok": "never" if ok is None else f"{span(now - ok)} ago",
+                     "countdowns": countdowns(platform.lifecycle.view_of(state), now)})
     return rows
 
 
