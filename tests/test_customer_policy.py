@@ -454,6 +454,9 @@ CASES: dict[str, tuple[Doc | str, str | None, str, str, str, int]] = {
     "missing decrypt": (_with(_set(USAGE_SID, "Action", [
         "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"])), OWNER,
         "provider_action_missing", "error", "-", 1),
+    "describe under a tenant condition": (_with(_set(USAGE_SID, "Condition", {
+        "StringEquals": {"kms:EncryptionContext:cmek:tenant": "acme"}})), OWNER,
+        "provider_action_conditioned", "error", USAGE_SID, 1),
     "admin action": (_with(_set(USAGE_SID, "Action", [
         *REFERENCE_STATEMENTS[0]["Action"], "kms:PutKeyPolicy"])), OWNER,
         "provider_overprivileged", "error", USAGE_SID, 1),

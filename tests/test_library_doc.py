@@ -22,7 +22,7 @@ def test_library_example_runs(tmp_path: Path) -> None:
     try:
         run = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-            env={"KMSLOCAL_URL": server.url, "PATH": "/usr/bin:/bin"},
+            env={"CMEK_KMS_ENDPOINT_URL": server.url, "PATH": "/usr/bin:/bin"},
         )
     finally:
         server.stop()

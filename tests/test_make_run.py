@@ -15,6 +15,8 @@ import httpx
 
 from tests.kmslocal_harness import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_demo_tenant_over_http(tmp_path: Path) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMEK_"))},
@@ -27,7 +29,7 @@ def test_demo_tenant_over_http(tmp_path: Path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("try:"):
+            if line.startswith("more:"):
                 break
         text = "".join(lines)
         api = re.search(r"platform API\s+(http://\S+)", text)
@@ -49,6 +51,7 @@ def test_demo_tenant_over_http(tmp_path: Path) -> None:
             assert len(c.get("/v1/tenants/demo/schedules").json()["schedules"]) == 1
             tables = c.get("/v1/tenants/demo/objects/tables").json()["objects"]
             assert [t["id"] for t in tables] == ["customers", "orders"]
+        the_banners_commands_run(text, tmp_path)
         beside_it(env, tmp_path, base)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -58,6 +61,27 @@ def test_demo_tenant_over_http(tmp_path: Path) -> None:
             proc.kill()
             raise
     assert proc.returncode == 0
+
+
+def the_banners_commands_run(banner: str, tmp_path: Path) -> None:
+    """What the banner says to try runs as written, in another shell in the project
+    folder (`cmek demo` runs in beside_it)."""
+    block = banner.split("\ntry, in another shell in this folder:\n", 1)[1]
+    lines = [line.removeprefix("  ") for line in block.splitlines()
+             if line.startswith("  ") and "cmek demo" not in line]
+    script = "set -euo pipefail\n" + "\n".join(lines)
+    cwd = ROOT
+    if not (ROOT / ".venv" / "bin" / "activate").exists():  # tests run from another venv
+        cwd = tmp_path
+        (tmp_path / ".venv" / "bin").mkdir(parents=True)
+        (tmp_path / ".venv" / "bin" / "activate").write_text(
+            f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=cwd, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    key, _ = json.JSONDecoder().raw_decode(run.stdout)  # curl's answer, then cmek usage's
+    assert key["state"] == "active"
+    assert re.search(r"GenerateDataKey\s+\S+\s+demo", run.stdout), run.stdout
 
 
 def beside_it(env: dict[str, str], tmp_path: Path, base: str) -> None:

@@ -284,14 +284,14 @@ cmek is running (Ctrl-C stops it)
   users          {ADMIN[0]} / {ADMIN[1]}  (admin)
                  {ANALYST[0]} / {ANALYST[1]}  (analyst)
 
-try:
-  curl -s -X POST {url}/v1/tenants/{TENANT}/sessions -H 'Content-Type: application/json' \\
-       -d '{{"email": "{ADMIN[0]}", "password": "{ADMIN[1]}"}}'
-  curl -s {url}/v1/tenants/{TENANT}/search?q=revenue -H "Authorization: Bearer $TOKEN"
+try, in another shell in this folder:
+  source .venv/bin/activate    # puts cmek and kmslocal on PATH
+  export CMEK_URL={url} CMEK_OPERATOR_TOKEN={demo.operator_token}
+  curl -sS "$CMEK_URL/v1/tenants/{TENANT}/key" -H "Authorization: Bearer $CMEK_OPERATOR_TOKEN"
   AWS_ACCESS_KEY_ID={CUSTOMER[0]} AWS_SECRET_ACCESS_KEY={CUSTOMER[1]} AWS_REGION=us-west-2 \\
-       cmek usage --key-arn {key_arn} --endpoint-url {kms_url}
-  cmek demo    (the whole key lifecycle, scripted, on free ports of its own)
-(cmek is .venv/bin/cmek: `source .venv/bin/activate` puts it on PATH)
+    cmek usage --key-arn {key_arn} --endpoint-url {kms_url}
+  cmek demo                    # the whole key lifecycle, scripted, on ports of its own
+more: the examples in docs/api.md (they use CMEK_URL and CMEK_OPERATOR_TOKEN)
 """, flush=True)
 
 
