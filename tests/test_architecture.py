@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 # platform -> stores -> keyring -> crypto/kms; audit is used by the layers above kms.
 ALLOWED: dict[str, set[str]] = {
@@ -52,3 +54,16 @@ def test_cmek_layers_only_import_downward() -> None:
                 if inner in ALLOWED and inner != layer and inner not in allowed:
                     wrong.append(f"{path.relative_to(SRC)} imports {name}")
     assert wrong == []
+
+
+def test_the_repository_stands_alone() -> None:
+    """Nothing reads outside the clone: no path above the repository, no absolute path of
+    a developer's machine (a fresh clone must pass on its own)."""
+    outside = re.compile(r"[\"'](\.\./)+shared|/ [\"']shared[\"'/]|[\"'](/home/|/Users/|/work/)")
+    offenders = []
+    for folder in ("src", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if outside.search(line) and "outside = re.compile" not in line:
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []

@@ -616,7 +616,7 @@ def test_crash_points_are_refused_outside_dev_and_must_be_known(
             ("backup.published:0", ["--dev"], "whole number >= 1"),
         ):
             monkeypatch.setenv(crashpoints.ENV_VAR, spec)
-            assert main(["serve", "--port", "0", *args]) == 1
+            assert main(["serve", "--port", "0", *args]) == 2  # a bad setting: usage
             err = capsys.readouterr().err
             assert err.startswith("cmek: config_invalid: CMEK_DEV_CRASH_AT: "), err
             assert expected in err
