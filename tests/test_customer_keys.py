@@ -105,7 +105,7 @@ def assert_findings_match(report: VerifyReport) -> None:
     findings = report.findings()
     assert [f["check"] for f in findings] == failed(report)
     for f, c in zip(findings, [c for c in report.checks if not c.ok], strict=True):
-        assert f == {"check": c.name, "detail": c.detail, "fix": c.fix}
+        assert f == {"check": c.name, "skipped": c.skipped, "detail": c.detail, "fix": c.fix}
         assert f["fix"]  # every failure says what to do
     assert all(c.fix == "" for c in report.checks if c.ok)
     assert report.ok is (not findings)
@@ -596,7 +596,7 @@ def test_findings_list_exactly_the_failed_checks(customer: Any, provider: BotoKm
     arn = make_key(customer, policy, MultiRegion=True)
     report = verify(provider, arn)
     assert [f["check"] for f in report.findings()] == ["single_region", "decrypt"]
-    assert set(report.findings()[0]) == {"check", "detail", "fix"}
+    assert set(report.findings()[0]) == {"check", "skipped", "detail", "fix"}
     body = report.to_json()
     assert body["ok"] is False
     assert [c["name"] for c in body["checks"] if not c["ok"]] == ["single_region", "decrypt"]

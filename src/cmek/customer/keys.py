@@ -282,9 +282,10 @@ class VerifyReport:
             "checks": [c.to_json() for c in self.checks],
         }
 
-    def findings(self) -> list[dict[str, str]]:
-        """The failed checks, as the platform returns them (HTTP 422 findings)."""
-        return [{"check": c.name, "detail": c.detail, "fix": c.fix}
+    def findings(self) -> list[dict[str, Any]]:
+        """The failed checks, and those not run because of them (``skipped``), as the
+        platform returns them (HTTP 422 findings)."""
+        return [{"check": c.name, "skipped": c.skipped, "detail": c.detail, "fix": c.fix}
                 for c in self.checks if not c.ok]
 
     def check(self, name: str) -> Check:
@@ -406,7 +407,7 @@ class _Verifier:
                 f"create the key in {self.region}: a KMS key cannot be used from another "
                 "Region",
             )
-        return _ok("region", f"the key is in {self.region}, as the platform")
+        return _ok("region", f"the key is in {self.region}, the platform's Region")
 
     def _reachable(self) -> Check:
         try:

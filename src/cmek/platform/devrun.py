@@ -51,9 +51,12 @@ def _start(cmd: list[str], env: dict[str, str], prefix: str, verbose: bool,
     procs.append(proc)
     assert proc.stdout is not None
     said: list[str] = []
+    name = cmd[2].removesuffix(".cli")  # kmslocal, cmek
     for line in proc.stdout:
         if line.startswith(prefix):
-            threading.Thread(target=_relay, args=(proc, cmd[2], verbose), daemon=True).start()
+            if verbose:
+                print(f"[{name}] {line}", end="", flush=True)
+            threading.Thread(target=_relay, args=(proc, name, verbose), daemon=True).start()
             return line.split()[-1]
         said.append(line.strip())
     last = next((line for line in reversed(said) if line), "no output")

@@ -97,7 +97,7 @@ class StoreIndex(SearchIndex):
 class KeyVerificationFailed(CmekError):
     code = "key_verification_failed"
 
-    def __init__(self, findings: list[dict[str, str]]) -> None:
+    def __init__(self, findings: list[dict[str, Any]]) -> None:
         super().__init__("the key did not pass verification")
         self.findings = findings
 
@@ -264,7 +264,8 @@ class Platform:
         existing = self.control.tenant(tenant_id)
         if existing is not None and not self._unfinished(tenant_id, existing, key_arn):
             raise TenantExists(f"tenant {tenant_id} already exists")
-        report = verify_key(self.kms, key_arn, region=self.settings.kms_region, tenant=tenant_id)
+        report = verify_key(self.kms, key_arn, region=self.settings.kms_region, tenant=tenant_id,
+                            provider_account=self.settings.provider_account)
         if not report.ok:
             raise KeyVerificationFailed(report.findings())
         if existing is None and not self.control.add_tenant(tenant_id, key_arn,
@@ -335,7 +336,8 @@ class Platform:
         self.guard(tenant_id)
         if new_key_arn is not None and new_key_arn != self.keyring.key_arn(tenant_id):
             report = verify_key(self.kms, new_key_arn, region=self.settings.kms_region,
-                                tenant=tenant_id)
+                                tenant=tenant_id,
+                                provider_account=self.settings.provider_account)
             if not report.ok:
                 raise KeyVerificationFailed(report.findings())
             self.audit.append(tenant_id, "key_verified", _verification(report, "rewrap"))
