@@ -88,6 +88,15 @@ def kmslocal(tmp_path_factory: pytest.TempPathFactory, event_sink: EventSink) ->
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def dev_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsLocal]:
+    """A kmslocal of the test module's own, in dev mode with its dev principals."""
+    server = KmsLocal(tmp_path_factory.mktemp("kms") / "data", None, dev=True)
+    server.start()
+    yield server
+    server.stop()
+
+
 @dataclass
 class Target:
     """One KMS the conformance suite runs against, seen from two accounts."""

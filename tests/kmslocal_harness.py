@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ class KmsLocal:
     def add_event_target(self, target: dict[str, Any]) -> None:
         """Add one run-time event target, or replace the one with the same url."""
         self.dev_call("POST", "/_kmslocal/event-targets", target)
+
+    def remove_event_target(self, url: str) -> None:
+        """Remove the run-time event target with this url; its waiting events go too."""
+        self.dev_call("DELETE", "/_kmslocal/event-targets?" + urllib.parse.urlencode(
+            {"url": url}))
 
 
 def free_port() -> int:

@@ -50,6 +50,7 @@ class PlatformProcess:
     url: str = ""
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    event_urls: list[str] = field(default_factory=list)  # the kmslocal targets it added
 
     def env(self) -> dict[str, str]:
         return {
@@ -69,6 +70,10 @@ class PlatformProcess:
     def stop(self) -> None:
         stop(self.process)
         self.process = None
+        if self.kms.process is not None and self.kms.process.poll() is None:
+            for url in self.event_urls:  # kmslocal outlives this process: stop sending
+                self.kms.remove_event_target(url)
+        self.event_urls.clear()
 
     def warehouse_file(self, tenant: str, name: str = "wh.duckdb") -> Path:
         """Where a tenant's DuckDB file goes: its own warehouse folder on the platform, the
@@ -104,9 +109,11 @@ class PlatformProcess:
         """kmslocal sends the events of the tenant's key, and only those, to the tenant's
         endpoint with its secret: as the customer's EventBridge rule would."""
         secret = self.event_secret(tenant)
+        url = f"{self.url}/v1/tenants/{tenant}/key-events"
         self.kms.add_event_target({
-            "account": key_arn.split(":")[4], "url": f"{self.url}/v1/tenants/{tenant}/key-events",
+            "account": key_arn.split(":")[4], "url": url,
             "secret_header": "X-Cmek-Event-Secret", "secret": secret, "resources": [key_arn]})
+        self.event_urls.append(url)
         return secret
 
     def new_tenant(self, kms: KmsLocal) -> str:

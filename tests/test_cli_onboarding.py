@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,8 @@ PROVIDER_ACCOUNT = "111111111111"
 
 
 @pytest.fixture(scope="module")
-def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsLocal]:
-    server = KmsLocal(tmp_path_factory.mktemp("kms") / "data", None, dev=True)
-    server.start()
-    yield server
-    server.stop()
+def kms(dev_kms: KmsLocal) -> KmsLocal:
+    return dev_kms
 
 
 def cmek(*args: str, who: tuple[str, str, str] | None = None,

@@ -166,11 +166,8 @@ def test_config_example_loads(tmp_path: Path) -> None:
 
 # --- docs/kmslocal.md -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsLocal]:
-    server = KmsLocal(tmp_path_factory.mktemp("kms") / "data", None, dev=True)
-    server.start()
-    yield server
-    server.stop()
+def kms(dev_kms: KmsLocal) -> KmsLocal:
+    return dev_kms
 
 
 def test_kmslocal_python_example_runs(kms: KmsLocal, tmp_path: Path) -> None:

@@ -34,11 +34,8 @@ CUSTOMER_ACCOUNT = "222222222222"
 
 
 @pytest.fixture(scope="module")
-def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsLocal]:
-    server = KmsLocal(tmp_path_factory.mktemp("kms") / "data", None, dev=True)
-    server.start()
-    yield server
-    server.stop()
+def kms(dev_kms: KmsLocal) -> KmsLocal:
+    return dev_kms
 
 
 def cmek(*args: str, who: tuple[str, str, str] | None = PROVIDER, stdin: str | None = None,

@@ -1,15 +1,17 @@
 """Event targets registered at run time (the EventBridge PutRule/PutTargets stand-in),
 their ``resources`` filter, and which failed deliveries are retried.
 
-kmslocal only (dev routes). Deliveries leave one outbox one at a time, in the order
-the events were queued; so once a receiver got an event, it already got every earlier
-event meant for it, and a test proves that something was not delivered by waiting for
-a later marker event instead of for time to pass.
+kmslocal only (dev routes). Each target's deliveries leave the outbox one at a time, in
+the order the events were queued (targets are served side by side); so once a receiver
+got an event, it already got every earlier event meant for it, and a test proves that
+something was not delivered by waiting for a later marker event instead of for time to
+pass.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +227,59 @@ def test_unreachable_target_is_retried(server: KmsLocal, sinks: list[EventSink])
         late.collect(has_events("DisableKey"), about(arn))
     finally:
         late.close()
+
+
+def attempts(server: KmsLocal, url: str) -> list[int]:
+    """The delivery attempts of the events still waiting for ``url``."""
+    db = sqlite3.connect(server.data_dir / "kmslocal.sqlite3")
+    try:
+        return [int(a) for (a,) in db.execute("SELECT attempts FROM outbox WHERE url=?",
+                                                (url,))]
+    finally:
+        db.close()
+
+
+def test_a_target_that_never_answers_holds_back_no_other(
+    server: KmsLocal, sinks: list[EventSink]
+) -> None:
+    """A target that accepts and never answers: the other target gets its events while
+    the first attempt at the silent one is still waiting for an answer (the 5 s delivery
+    timeout has not run out; a sink on loopback answers within milliseconds)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/tenants/acme/key-events"
+        sink = sinks[0]
+        server.set_event_targets([_target(url, "s"), _target(sink.url, "s")])
+        customer = server.client(CUSTOMER)
+        arn = customer.create_key()["KeyMetadata"]["Arn"]
+        customer.disable_key(KeyId=arn)
+        sink.collect(has_events("DisableKey"), about(arn))
+        assert attempts(server, url) == [0]  # still the first attempt, in flight
+        server.remove_event_target(url)
+
+
+def test_removing_a_target(server: KmsLocal, config_sink: EventSink,
+                           sinks: list[EventSink]) -> None:
+    kept, removed, _ = sinks
+    server.set_event_targets([_target(kept.url, "k"), _target(removed.url, "r")])
+    server.remove_event_target(removed.url)
+    assert [t["url"] for t in _listing(server)["targets"]] == [kept.url]
+    for url, why in ((removed.url, "no run-time target"),
+                     (config_sink.url, "config file")):
+        refused = _http(server, "DELETE", f"{ROUTE}?url={url}")
+        assert refused.status_code == 400
+        assert refused.json()["code"] == CODE
+        assert why in refused.json()["error"]
+    customer = server.client(CUSTOMER)
+    arn, marker = (customer.create_key()["KeyMetadata"]["Arn"] for _ in range(2))
+    customer.disable_key(KeyId=arn)
+    kept.collect(has_events("DisableKey"), about(arn))
+    server.add_event_target(_target(removed.url, "r", resources=[marker]))
+    customer.disable_key(KeyId=marker)  # what the removed target gets first, if anything
+    is_marker = about(marker)
+    got = removed.collect(lambda got: any(is_marker(e) for _, e in got))
+    assert _keys(got) == [(marker, "DisableKey")]
 
 
 def test_run_time_targets_survive_restart(tmp_path: Path) -> None:

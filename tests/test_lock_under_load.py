@@ -84,11 +84,12 @@ def key_state(op: httpx.Client, tenant: str) -> str:
     return str(op.get(f"/v1/tenants/{tenant}/key").json()["state"])
 
 
-def wait_for(op: httpx.Client, tenant: str, state: str) -> float:
+def wait_for(op: httpx.Client, tenant: str, state: str, log: list[str]) -> float:
     """Polls the operator's view until the state shows; when it was first seen."""
     deadline = time.monotonic() + 30
     while key_state(op, tenant) != state:
-        assert time.monotonic() < deadline, f"{tenant} never became {state}"
+        assert time.monotonic() < deadline, (f"{tenant} never became {state}; the "
+                                             "platform said:\n" + "".join(log[-30:]))
         time.sleep(0.005)  # polling the platform, bounded by the deadline
     return time.monotonic()
 
@@ -111,12 +112,12 @@ def test_locks_under_concurrent_readers(platform: PlatformProcess, kmslocal: Kms
         with platform.client(OPERATOR_TOKEN) as op:
             for _ in range(CYCLES):
                 customer.disable_key(KeyId=arn)
-                observed = wait_for(op, tenant, "locked")
+                observed = wait_for(op, tenant, "locked", platform.output)
                 time.sleep(0.05)  # readers meet the lock for a moment before it lifts
                 returned = time.monotonic()
                 customer.enable_key(KeyId=arn)
                 locked_windows.append((observed, returned))
-                wait_for(op, tenant, "active")
+                wait_for(op, tenant, "active", platform.output)
                 time.sleep(0.3)  # and are served again for a while
     finally:
         readers.stop.set()

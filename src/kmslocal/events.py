@@ -86,6 +86,15 @@ class EventTargets:
         check_url_free(target.url, "target", self._config_urls())
         self._store((*(t for t in self.runtime if t.url != target.url), target))
 
+    def remove(self, url: str) -> None:
+        """DELETE: the run-time target with this url goes (as RemoveTargets does); events
+        still waiting for it are dropped."""
+        if url in self._config_urls():
+            raise ConfigError(f"url {url!r} is a target of the config file, which stays")
+        if not any(t.url == url for t in self.runtime):
+            raise ConfigError(f"no run-time target has url {url!r}")
+        self._store(tuple(t for t in self.runtime if t.url != url))
+
     def listing(self) -> dict[str, list[dict[str, object]]]:
         return {
             "targets": [t.describe() for t in self.runtime],
@@ -117,15 +126,33 @@ class Delivery:
             self._wake.set()
 
     async def run(self) -> None:
+        """One delivery task per target url, as EventBridge delivers to each target on its
+        own: a target that is slow or gone never holds back another's events. A target's
+        own events go in order."""
+        draining: dict[str, asyncio.Task[None]] = {}
         async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
             while True:
                 self._wake.clear()
-                for row_id, url, body, attempts in self.storage.due_events(time.time()):
-                    await self._deliver(client, row_id, url, body, attempts)
-                due = self.storage.next_event_time()
+                for url in self.storage.due_urls(time.time()):
+                    if url not in draining:
+                        draining[url] = asyncio.create_task(self._drain(client, url, draining))
+                due = self.storage.next_event_time(busy=list(draining))
                 wait = None if due is None else max(0.0, due - time.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _drain(self, client: httpx.AsyncClient, url: str,
+                     draining: dict[str, asyncio.Task[None]]) -> None:
+        """Deliver the url's due events in order; then the loop looks again."""
+        try:
+            while due := self.storage.due_events(url, time.time()):
+                for row_id, body, attempts in due:
+                    await self._deliver(client, row_id, url, body, attempts)
+        except Exception:
+            log.exception("delivering events to %s failed; retrying", url)
+        finally:
+            del draining[url]
+            self._wake.set()
 
     async def _deliver(
         self, client: httpx.AsyncClient, row_id: int, url: str, body: str, attempts: int

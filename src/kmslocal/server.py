@@ -103,14 +103,18 @@ def create_app(service: Service, dev: bool) -> Starlette:
         return JSONResponse({"faults": [f.describe() for f in service.faults.active]})
 
     async def event_targets(request: Request) -> Response:
-        """The stand-in for EventBridge PutRule/PutTargets: PUT replaces the run-time
-        targets, POST adds or replaces one; the config file's stay in effect."""
-        if request.method != "GET":
-            change = service.targets.replace if request.method == "PUT" else service.targets.add
-            try:
+        """The stand-in for EventBridge PutRule/PutTargets/RemoveTargets: PUT replaces the
+        run-time targets, POST adds or replaces one, DELETE ?url= removes one; the config
+        file's stay in effect."""
+        try:
+            if request.method == "DELETE":
+                service.targets.remove(request.query_params.get("url", ""))
+            elif request.method != "GET":
+                change = (service.targets.replace if request.method == "PUT"
+                          else service.targets.add)
                 change(await _json_body(request))
-            except ConfigError as e:
-                return _bad(str(e), "invalid_event_target")
+        except ConfigError as e:
+            return _bad(str(e), "invalid_event_target")
         return JSONResponse(service.targets.listing())
 
     @contextlib.asynccontextmanager
@@ -144,6 +148,7 @@ def create_app(service: Service, dev: bool) -> Starlette:
         routes += [
             Route("/_kmslocal/clock", clock, methods=["GET", "POST"]),
             Route("/_kmslocal/faults", faults, methods=["POST", "DELETE"]),
-            Route("/_kmslocal/event-targets", event_targets, methods=["GET", "PUT", "POST"]),
+            Route("/_kmslocal/event-targets", event_targets,
+                  methods=["GET", "PUT", "POST", "DELETE"]),
         ]
     return Starlette(routes=routes, lifespan=lifespan)

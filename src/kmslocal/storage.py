@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -340,16 +340,26 @@ class Storage:
             "INSERT INTO outbox (url, body, next_attempt) VALUES (?,?,?)", (url, body, now)
         )
 
-    def due_events(self, now: float, limit: int = 50) -> list[tuple[int, str, str, int]]:
+    def due_urls(self, now: float) -> list[str]:
         rows = self.db.execute(
-            "SELECT id, url, body, attempts FROM outbox WHERE next_attempt<=? ORDER BY id "
-            "LIMIT ?",
-            (now, limit),
-        )
-        return [(int(i), str(u), str(b), int(a)) for i, u, b, a in rows]
+            "SELECT DISTINCT url FROM outbox WHERE next_attempt<=? ORDER BY url", (now,))
+        return [str(u) for (u,) in rows]
 
-    def next_event_time(self) -> float | None:
-        row = self.db.execute("SELECT MIN(next_attempt) FROM outbox").fetchone()
+    def due_events(self, url: str, now: float,
+                   limit: int = 50) -> list[tuple[int, str, int]]:
+        rows = self.db.execute(
+            "SELECT id, body, attempts FROM outbox WHERE url=? AND next_attempt<=? "
+            "ORDER BY id LIMIT ?",
+            (url, now, limit),
+        )
+        return [(int(i), str(b), int(a)) for i, b, a in rows]
+
+    def next_event_time(self, busy: Sequence[str] = ()) -> float | None:
+        """When the next event falls due, leaving out the urls in ``busy``."""
+        marks = ",".join("?" * len(busy))
+        row = self.db.execute(
+            f"SELECT MIN(next_attempt) FROM outbox WHERE url NOT IN ({marks})", tuple(busy)
+        ).fetchone()
         return None if row[0] is None else float(row[0])
 
     def event_delivered(self, event_row: int) -> None:

@@ -138,6 +138,12 @@ class KeyEventGate:
                              .values(owed=1))
         return bool(claimed)
 
+    def owe(self, tenant_id: str) -> None:
+        """A claimed check did not happen (it failed): one more is owed."""
+        with self.engine.begin() as conn:
+            conn.execute(pacing.update().where(pacing.c.tenant_id == tenant_id)
+                         .values(owed=1))
+
     def owed(self, now: float) -> list[str]:
         """Tenants whose coalesced check has come due."""
         with self.engine.connect() as conn:

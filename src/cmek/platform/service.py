@@ -827,19 +827,29 @@ class Platform:
             self.audit.append(tenant_id, "key_event", recorded)
         if not self.key_events.claim(tenant_id, now):
             return {"tenant_id": tenant_id, "check": "coalesced"}
-        state = self.lifecycle.check(tenant_id, cause="event")
+        state = self._event_check(tenant_id)
         return {"tenant_id": tenant_id, "check": "done", "state": state.state.value}
 
     def run_owed_event_checks(self) -> int:
-        """The checks that coalesced events left owed, once their interval has passed."""
+        """The checks that coalesced (or failed) events left owed, once their interval
+        has passed."""
         done = 0
         now = self.clock.now()
         for tenant_id in self.key_events.owed(now):
             if self.key_events.claim(tenant_id, now):
                 with contextlib.suppress(CmekError):
-                    self.lifecycle.check(tenant_id, cause="event")
+                    self._event_check(tenant_id)
                 done += 1
         return done
+
+    def _event_check(self, tenant_id: str) -> TenantKeyState:
+        """The check an event claimed; if it fails, it stays owed, so the key is looked at
+        again whether or not the sender retries."""
+        try:
+            return self.lifecycle.check(tenant_id, cause="event")
+        except BaseException:
+            self.key_events.owe(tenant_id)
+            raise
 
     def enforce_locally(self, tenant_id: str) -> None:
         """Another process changed the tenant's key state: act on it in this one."""

@@ -238,10 +238,11 @@ class QueryRunner:
             self._live.discard(process)
         shutil.rmtree(process.folder, ignore_errors=True)
 
-    def pids(self) -> list[int]:
-        """The query processes alive now, spares included: for operators and tests."""
+    def spare_pids(self) -> list[int]:
+        """The processes started, ready and waiting for the next query (for operators and
+        tests: what a query would run in)."""
         with self._lock:
-            return sorted(p.popen.pid for p in self._live if p.popen.poll() is None)
+            return sorted(p.popen.pid for p in self._spares if p.popen.poll() is None)
 
     def running(self, tenant_id: str) -> int:
         with self._lock:

@@ -1,0 +1,64 @@
+"""A key check that an event claimed but that failed is owed, not lost: the monitor looks
+at the key again once the interval passes, whether or not the sender retries the event
+(EventBridge drops an event answered 4xx, and a locked tenant's failure answers 423)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmek.clock import ManualClock
+from cmek.lifecycle import Lifecycle
+from cmek.platform.config import load_settings
+from cmek.platform.service import Platform
+from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
+from tests.platform_harness import customer_key
+
+
+class ControlPlaneHiccup(Exception):
+    """Stands for any failure inside a check: the database, the network, a bug."""
+
+
+@pytest.fixture
+def platform(kmslocal: KmsLocal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[Platform]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", PROVIDER[1])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PROVIDER[2])
+    settings = load_settings(None, env={"CMEK_DATA_DIR": str(tmp_path),
+                                        "CMEK_KMS_ENDPOINT_URL": kmslocal.url,
+                                        "CMEK_KMS_REGION": "us-west-2",
+                                        "CMEK_CHECK_INTERVAL": "3600"})
+    p = Platform(settings, ManualClock())
+    yield p
+    p.close()
+
+
+def test_a_failed_event_check_is_owed(platform: Platform, kmslocal: KmsLocal,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    arn = customer_key(kmslocal)
+    platform.provision(tenant, arn, "admin@example.com", "correct horse battery")
+    secret = platform.issue_event_credential(tenant)["secret"]
+    kmslocal.client(CUSTOMER).disable_key(KeyId=arn)
+    real_check = Lifecycle.check
+    failures = [ControlPlaneHiccup("the check failed")]
+
+    def check_failing_once(self: Lifecycle, tenant_id: str, cause: str = "poll") -> Any:
+        if failures:
+            raise failures.pop()
+        return real_check(self, tenant_id, cause)
+
+    monkeypatch.setattr(Lifecycle, "check", check_failing_once)
+    with pytest.raises(ControlPlaneHiccup):
+        platform.key_event(tenant, secret, {"source": "aws.kms", "resources": [arn]})
+    assert platform.lifecycle.state(tenant).state.value == "active"
+    assert platform.run_owed_event_checks() == 0  # not before the interval has passed
+    assert isinstance(platform.clock, ManualClock)
+    platform.clock.advance(platform.settings.event_check_interval)
+    assert platform.run_owed_event_checks() == 1
+    assert platform.lifecycle.state(tenant).state.value == "locked"
+    assert platform.run_owed_event_checks() == 0  # and it is owed no more
