@@ -837,8 +837,11 @@ class Platform:
         now = self.clock.now()
         for tenant_id in self.key_events.owed(now):
             if self.key_events.claim(tenant_id, now):
-                with contextlib.suppress(CmekError):
+                try:
                     self._event_check(tenant_id)
+                except CmekError as e:
+                    log.warning("the owed key check of %s failed (%s); owed again", tenant_id,
+                                e.code)
                 done += 1
         return done
 
