@@ -16,6 +16,10 @@ from typing import Any
 import boto3
 import httpx
 
+from cmek.clock import Clock
+from cmek.kms import BotoKms, KmsSettings
+from cmek.platform.config import load_settings
+from cmek.platform.service import Platform
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal, spawn, stop
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"
@@ -146,3 +150,15 @@ def wait_until(what: Callable[[], Any], timeout: float = 20.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("the platform did not react in time")
         time.sleep(0.02)
+
+
+def in_process(kms: KmsLocal, data_dir: Path, clock: Clock, **env: str) -> Platform:
+    """A Platform object in this process (no HTTP), with kmslocal as its KMS and the
+    provider's credentials: for tests that reach into it. ``env``: more CMEK_* settings."""
+    settings = load_settings(None, env={"CMEK_DATA_DIR": str(data_dir),
+                                        "CMEK_KMS_ENDPOINT_URL": kms.url,
+                                        "CMEK_KMS_REGION": REGION, **env})
+    return Platform(settings, clock, BotoKms(KmsSettings(
+        region=REGION, endpoint_url=kms.url, access_key_id=PROVIDER[1],
+        secret_access_key=PROVIDER[2])))
+

@@ -13,10 +13,9 @@ import pytest
 
 from cmek.clock import ManualClock
 from cmek.lifecycle import Lifecycle
-from cmek.platform.config import load_settings
 from cmek.platform.service import Platform
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
-from tests.platform_harness import customer_key
+from tests.kmslocal_harness import CUSTOMER, KmsLocal
+from tests.platform_harness import customer_key, in_process
 
 
 class ControlPlaneHiccup(Exception):
@@ -24,15 +23,8 @@ class ControlPlaneHiccup(Exception):
 
 
 @pytest.fixture
-def platform(kmslocal: KmsLocal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-             ) -> Iterator[Platform]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", PROVIDER[1])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PROVIDER[2])
-    settings = load_settings(None, env={"CMEK_DATA_DIR": str(tmp_path),
-                                        "CMEK_KMS_ENDPOINT_URL": kmslocal.url,
-                                        "CMEK_KMS_REGION": "us-west-2",
-                                        "CMEK_CHECK_INTERVAL": "3600"})
-    p = Platform(settings, ManualClock())
+def platform(kmslocal: KmsLocal, tmp_path: Path) -> Iterator[Platform]:
+    p = in_process(kmslocal, tmp_path, ManualClock(), CMEK_CHECK_INTERVAL="3600")
     yield p
     p.close()
 

@@ -12,24 +12,17 @@ from typing import Any
 import pytest
 
 from cmek.clock import SystemClock
-from cmek.platform.config import load_settings
 from cmek.platform.control import ControlPlane
 from cmek.platform.service import Platform, TenantKeyUnavailable
-from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal
-from tests.platform_harness import customer_key
+from tests.kmslocal_harness import CUSTOMER, KmsLocal
+from tests.platform_harness import customer_key, in_process
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def platform(kmslocal: KmsLocal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-             ) -> Iterator[Platform]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", PROVIDER[1])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PROVIDER[2])
-    settings = load_settings(None, env={"CMEK_DATA_DIR": str(tmp_path),
-                                        "CMEK_KMS_ENDPOINT_URL": kmslocal.url,
-                                        "CMEK_KMS_REGION": "us-west-2"})
-    p = Platform(settings, SystemClock())
+def platform(kmslocal: KmsLocal, tmp_path: Path) -> Iterator[Platform]:
+    p = in_process(kmslocal, tmp_path, SystemClock())
     yield p
     p.close()
 

@@ -18,290 +18,18 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from cmek import __version__
-from cmek.errors import CmekError, InvalidInput
+from cmek.customer import commands
+from cmek.customer.commands import ENDPOINT_VAR, EXIT_FAILED, FileUnreadable, print_json
+from cmek.errors import CmekError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 # Codes of mistakes in how the command was used: exit 2, whatever the command.
 USAGE_CODES = frozenset({"invalid_input", "invalid_account", "file_unreadable", "not_json",
                          "policy_invalid", "config_invalid", "unknown_category"})
-ENDPOINT_VAR = "CMEK_KMS_ENDPOINT_URL"
-
-
-class FileUnreadable(InvalidInput):
-    code = "file_unreadable"
-
-
-class NotJson(InvalidInput):
-    code = "not_json"
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-# --- AWS options ------------------------------------------------------------------------
-def _region(args: argparse.Namespace) -> str:
-    region = (args.region or os.environ.get("CMEK_KMS_REGION") or os.environ.get("AWS_REGION")
-              or os.environ.get("AWS_DEFAULT_REGION"))
-    if not region:
-        raise InvalidInput("no AWS Region: pass --region or set AWS_REGION")
-    return str(region)
-
-
-def _endpoint(args: argparse.Namespace) -> str | None:
-    url = args.endpoint_url or os.environ.get(ENDPOINT_VAR) or None
-    if url is not None and not url.startswith(("http://", "https://")):
-        where = "--endpoint-url" if args.endpoint_url else ENDPOINT_VAR
-        raise InvalidInput(f"{where} must be an http:// or https:// URL, e.g. "
-                           f"http://127.0.0.1:4599, not {url[:80]!r}")
-    return url
-
-
-def _where(args: argparse.Namespace) -> str:
-    """The KMS a command talks to, for messages."""
-    return _endpoint(args) or f"AWS KMS in {_region(args)}"
-
-
-def _session(args: argparse.Namespace) -> Any:
-    import boto3
-
-    return boto3.Session(profile_name=args.profile, region_name=_region(args))
-
-
-def _boto_client(args: argparse.Namespace, service: str) -> Any:
-    from botocore.config import Config
-
-    make: Any = _session(args).client  # one function for the kms, sts and cloudtrail clients
-    return make(service, endpoint_url=_endpoint(args), config=Config(
-        connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 2, "mode": "standard"}))
-
-
-def _caller_account(args: argparse.Namespace) -> str:
-    """Whose credentials these are (STS GetCallerIdentity), or a one-line error saying how
-    to give working ones."""
-    from cmek.customer.keys import KeyCreateFailed, aws_error
-
-    try:
-        return str(_boto_client(args, "sts").get_caller_identity()["Account"])
-    except Exception as e:
-        mapped = aws_error(e, step="GetCallerIdentity",
-                           failed=lambda m, s, c: KeyCreateFailed(m, step=s, aws_code=c))
-        if mapped is None:
-            raise
-        raise _explain(mapped, args) from None
-
-
-def _explain(error: CmekError, args: argparse.Namespace) -> CmekError:
-    """An AWS failure with what to do about it: where the endpoint is, which Region the
-    credentials were signed for, how to give credentials."""
-    from cmek.customer.keys import CredentialsInvalid, EndpointUnreachable
-
-    if isinstance(error, EndpointUnreachable):
-        error.message = (f"{error.message}: nothing answers at {_where(args)}; check "
-                         f"--endpoint-url or {ENDPOINT_VAR}, and the network")
-    elif isinstance(error, CredentialsInvalid):
-        if "region" in error.message.lower():
-            error.message = (f"{error.message}: the endpoint does not serve Region "
-                             f"{_region(args)}; check --region or AWS_REGION")
-        else:
-            error.message = f"{error.message}; {error.hint}"
-    return error
-
-
-# --- input files ----------------------------------------------------------------------
-def _read_text(path: str) -> str:
-    """A file's text, or standard input for ``-``."""
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise FileUnreadable(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise FileUnreadable(f"cannot read {path}: not UTF-8 text") from None
-
-
-def _read_json_file(path: str) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise NotJson(f"{path} is not JSON: {e}") from None
-
-
-# --- policy ---------------------------------------------------------------------------
-def _policy_render(args: argparse.Namespace) -> int:
-    from cmek.customer.policy import render, validate_account
-
-    owner = validate_account(args.owner_account) if args.owner_account else None
-    _print_json(render(validate_account(args.provider_account), owner, args.tenant))
-    return 0
-
-
-def _policy_merge(args: argparse.Namespace) -> int:
-    from cmek.customer.policy import merge, validate_account
-
-    existing = _read_json_file(args.file)
-    _print_json(merge(existing, validate_account(args.provider_account), args.tenant))
-    return 0
-
-
-def _policy_lint(args: argparse.Namespace) -> int:
-    from cmek.customer.policy import lint, validate_account
-
-    provider = validate_account(args.provider_account)
-    text = _read_text(args.file)
-    owner = validate_account(args.owner_account) if args.owner_account else None
-    result = lint(text, provider, owner, args.tenant)
-    if args.json:
-        _print_json({"exit_code": result.exit_code, "is_policy": result.is_policy,
-                     "findings": [f.to_json() for f in result.findings]})
-        return result.exit_code
-    for f in result.findings:
-        print(f"{f.severity.upper():7} {f.code} [{f.statement}]: {f.message}")
-        print(f"        fix: {f.fix}")
-    errors = sum(f.severity == "error" for f in result.findings)
-    warnings = len(result.findings) - errors
-    verdict = "not a policy" if not result.is_policy else (
-        "has errors" if errors else "correct and least-privilege")
-    name = "standard input" if args.file == "-" else args.file
-    print(f"{name}: {verdict} ({errors} errors, {warnings} warnings)")
-    return result.exit_code
-
-
-# --- keys -----------------------------------------------------------------------------
-def _key_create(args: argparse.Namespace) -> int:
-    from cmek.customer.keys import CustomerKeyError, create_key
-    from cmek.customer.policy import validate_account
-    from cmek.ids import validate_tenant_id
-
-    provider = validate_account(args.provider_account)
-    if args.tenant is not None:
-        validate_tenant_id(args.tenant)
-    if _caller_account(args) == provider:
-        raise InvalidInput(f"the provider account {provider} is the account of these "
-                           "credentials: create the key with your own (the customer's) "
-                           "credentials, and give the provider's account id")
-    try:
-        created = create_key(_boto_client(args, "kms"), provider, alias=args.alias,
-                             tenant=args.tenant)
-    except CustomerKeyError as e:
-        raise _explain(e, args) from None
-    if args.json:
-        _print_json(created.to_json())
-    else:
-        print(created.key_arn)
-        print(f"share this key ARN with the provider; alias: {created.alias or '-'}",
-              file=sys.stderr)
-    return 0
-
-
-def _provider_account(args: argparse.Namespace) -> str:
-    from cmek.customer.policy import validate_account
-
-    account = args.provider_account or os.environ.get("CMEK_PROVIDER_ACCOUNT")
-    if not account:
-        raise InvalidInput("pass --provider-account (the 12-digit account the platform calls "
-                           "KMS as) or set CMEK_PROVIDER_ACCOUNT")
-    return validate_account(account)
-
-
-def _key_verify(args: argparse.Namespace) -> int:
-    from cmek.customer.keys import verify_key
-    from cmek.kms import BotoKms, KeyArn, KmsMisconfigured, KmsSettings
-
-    provider = _provider_account(args)
-    try:
-        KeyArn.parse(args.key_arn)
-    except KmsMisconfigured as e:
-        raise InvalidInput(e.message) from None
-    if args.tenant is not None:
-        from cmek.ids import validate_tenant_id
-
-        validate_tenant_id(args.tenant)
-    region = _region(args)
-    _caller_account(args)  # credentials and endpoint that do not work: one line, no report
-    kms = BotoKms(KmsSettings(region=region, endpoint_url=_endpoint(args), profile=args.profile,
-                              max_attempts=2))
-    report = verify_key(kms, args.key_arn, region=region, tenant=args.tenant,
-                        provider_account=provider)
-    if args.json:
-        _print_json(report.to_json())
-        return 0 if report.ok else EXIT_FAILED
-    for check in report.checks:
-        status = "ok  " if check.ok else "SKIP" if check.skipped else "FAIL"
-        print(f"{status} {check.name}: {check.detail}")
-        if not check.ok and not check.skipped and check.fix:
-            print(f"     fix: {check.fix}")
-    if args.tenant is None:
-        print("note: no --tenant: the checks ran with the encryption context of tenant "
-              "\"verify\"; a key policy restricted to a tenant refuses them (pass --tenant)")
-    print("key verified" if report.ok else "key NOT usable by the provider")
-    return 0 if report.ok else EXIT_FAILED
-
-
-def _usage(args: argparse.Namespace) -> int:
-    from cmek.customer.usage import parse_since, usage_report
-    from cmek.kms import KeyArn, KmsMisconfigured
-
-    try:
-        KeyArn.parse(args.key_arn)
-    except KmsMisconfigured as e:
-        raise InvalidInput(e.message) from None
-    since = parse_since(args.since)
-    _known_key(args)
-    report = usage_report(_boto_client(args, "cloudtrail"), args.key_arn,
-                          since_seconds=since, now=time.time())
-    if args.json:
-        _print_json({**report.to_json(), "since": _iso(report.since),
-                     "until": _iso(report.until), "first_use": _iso(report.first_use),
-                     "last_use": _iso(report.last_use)})
-        return 0
-    print(f"usage of {report.key_arn}: {report.total} calls "
-          f"from {_iso(report.since)} to {_iso(report.until)}")
-    if report.first_use is not None and report.last_use is not None:
-        print(f"first use {_iso(report.first_use)}, last use {_iso(report.last_use)}")
-    if report.calls:
-        print(f"\n{'operation':<34}{'category':<24}{'tenant':<24}{'calls':>7}")
-        for row in report.calls:
-            print(f"{row['operation']:<34}{row['category']:<24}{row['tenant']:<24}"
-                  f"{row['count']:>7}")
-    if report.refusals:
-        print(f"\n{'refused operation':<34}{'error':<34}{'count':>7}")
-        for row in report.refusals:
-            print(f"{row['operation']:<34}{row['error_code']:<34}{row['count']:>7}")
-    if report.principals:
-        print("\ncallers:")
-        for p in report.principals:
-            print(f"  {p['arn']} (account {p['account']}): {p['count']}")
-    return 0
-
-
-def _known_key(args: argparse.Namespace) -> None:
-    """The key exists for these credentials (DescribeKey): a typo in the ARN is said, not
-    reported as a key nobody used."""
-    from cmek.customer.keys import CustomerKeyError, aws_error
-    from cmek.customer.usage import UsageLookupFailed
-
-    try:
-        _boto_client(args, "kms").describe_key(KeyId=args.key_arn)
-    except Exception as e:
-        mapped: CustomerKeyError | None = aws_error(
-            e, step="DescribeKey", failed=lambda m, s, c: UsageLookupFailed(
-                f"{m} (is the key ARN right, and is it the key of these credentials' "
-                "account?)" if c == "NotFoundException" else m, step=s, aws_code=c))
-        if mapped is None:
-            raise
-        raise _explain(mapped, args) from None
 
 
 # --- audit ----------------------------------------------------------------------------
@@ -335,7 +63,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.audit_command == "verify":
         result = trail.verify(args.tenant)
         if args.json:
-            _print_json({"tenant": result.tenant, "ok": result.ok, "entries": result.entries,
+            print_json({"tenant": result.tenant, "ok": result.ok, "entries": result.entries,
                          "problems": result.problems})
         else:
             for problem in result.problems:
@@ -405,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print a complete policy for a new key of this (your) account")
     render.add_argument("--tenant", help=tenant)
     _json_option(render, "(the output is always JSON)")
-    render.set_defaults(func=_policy_render)
+    render.set_defaults(func=commands.policy_render)
     merge = psub.add_parser("merge", help="add the provider statements to an existing policy")
     merge.add_argument("file", help="the key policy as KMS returns it (- for standard input)")
     merge.add_argument("--provider-account", required=True, help=account)
     merge.add_argument("--tenant", help=tenant)
     _json_option(merge, "(the output is always JSON)")
-    merge.set_defaults(func=_policy_merge)
+    merge.set_defaults(func=commands.policy_merge)
     lint = psub.add_parser("lint", help="check a key policy: 0 ok, 1 errors, 2 not a policy")
     lint.add_argument("file", help="the key policy (- for standard input)")
     lint.add_argument("--provider-account", required=True, help=account)
@@ -419,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--tenant", help="check the policy as the provider uses it for this "
                       "tenant")
     _json_option(lint)
-    lint.set_defaults(func=_policy_lint)
+    lint.set_defaults(func=commands.policy_lint)
 
     key = sub.add_parser("key", help="create (customer) or verify (provider) a key")
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
@@ -428,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--alias", help="a name for the key (alias/NAME)")
     create.add_argument("--tenant", help=tenant)
     _aws_options(create)
-    create.set_defaults(func=_key_create)
+    create.set_defaults(func=commands.key_create)
     verify = ksub.add_parser("verify", help="check a key before provisioning (provider, "
                              "with the provider's credentials)")
     verify.add_argument("--key-arn", required=True, help="the key ARN the customer gave")
@@ -437,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{account}: the checks must run as it "
                         "(default: $CMEK_PROVIDER_ACCOUNT)")
     _aws_options(verify)
-    verify.set_defaults(func=_key_verify)
+    verify.set_defaults(func=commands.key_verify)
 
     usage = sub.add_parser("usage", help="summarize a key's usage log (customer)")
     usage.add_argument("--key-arn", required=True, help="your key's ARN")
     usage.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d ... "
                        "(default 24h)")
     _aws_options(usage)
-    usage.set_defaults(func=_usage)
+    usage.set_defaults(func=commands.usage)
 
     serve = sub.add_parser("serve", help="run the platform (HTTP API and web pages)")
     serve.add_argument("--config", help="a TOML file (every setting also has a CMEK_* "
