@@ -18,6 +18,7 @@ import pytest
 
 from cmek.cli import build_parser
 from cmek.platform.config import ConfigError, load_settings
+from cmek.platform.devrun import Demo, running_demo
 from tests.kmslocal_harness import KmsLocal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,11 +196,9 @@ def test_kmslocal_config_example_loads(tmp_path: Path) -> None:
 
 # --- docs/api.md ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """`make run`'s stack (kmslocal, the platform, tenant demo with its sample data), on
     free ports."""
-    from cmek.platform.devrun import running_demo
-
     with running_demo(tmp_path_factory.mktemp("run"), verbose=False) as demo:
         yield demo
 
@@ -212,8 +211,8 @@ def routes(openapi: dict[str, object]) -> dict[tuple[str, str], str]:
             for path, ops in paths.items() for method, op in ops.items()}
 
 
-def test_the_api_table_is_the_openapi_document(stack: object) -> None:
-    url = stack.url  # type: ignore[attr-defined]
+def test_the_api_table_is_the_openapi_document(stack: Demo) -> None:
+    url = stack.url
     served = routes(httpx.get(f"{url}/openapi.json", timeout=30, trust_env=False).json())
     text = (ROOT / "docs/api.md").read_text(encoding="utf-8")
     table = text[text.index("## Endpoints"):text.index("## Examples")]
@@ -223,11 +222,10 @@ def test_the_api_table_is_the_openapi_document(stack: object) -> None:
     assert documented == served
 
 
-def test_api_examples_run(stack: object, tmp_path: Path) -> None:
+def test_api_examples_run(stack: Demo, tmp_path: Path) -> None:
     script = "set -euo pipefail\n" + blocks("docs/api.md", "sh")[0]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "CMEK_URL": stack.url,  # type: ignore[attr-defined]
-           "CMEK_OPERATOR_TOKEN": stack.operator_token}  # type: ignore[attr-defined]
+           "CMEK_URL": stack.url, "CMEK_OPERATOR_TOKEN": stack.operator_token}
     run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
                          env=env)
     assert run.returncode == 0, run.stdout + run.stderr
