@@ -35,7 +35,8 @@ from cmek.clock import SystemClock
 from cmek.db import create_engine
 from cmek.kms import KmsSettings
 from cmek.stores.backup import RestoreJournal
-from cmek.stores.objects import FileObjectStore, S3ObjectStore
+from cmek.stores.objects_file import FileObjectStore
+from cmek.stores.objects_s3 import S3ObjectStore
 from tests.conftest import make_bucket
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
 from tests.platform_harness import INTEGRITY_KEY, PlatformProcess, customer_key, wait_until

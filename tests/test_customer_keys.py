@@ -17,17 +17,9 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from cmek.customer import requirements
-from cmek.customer.keys import (
-    CHECKS,
-    CreatedKey,
-    CredentialsInvalid,
-    EndpointUnreachable,
-    KeyCreateFailed,
-    VerifyReport,
-    create_key,
-    verification_context,
-    verify_key,
-)
+from cmek.customer.aws_errors import CredentialsInvalid, EndpointUnreachable
+from cmek.customer.create import CreatedKey, KeyCreateFailed, create_key
+from cmek.customer.keys import CHECKS, VerifyReport, verification_context, verify_key
 from cmek.customer.policy import merge, provider_statements
 from cmek.errors import CmekError
 from cmek.kms import (

@@ -1,4 +1,5 @@
-"""cmek.customer.policy: the provider statements, merging them, and linting key policies."""
+"""cmek.customer.policy and cmek.customer.lint: the provider statements, merging them, and
+linting key policies."""
 
 from __future__ import annotations
 
@@ -13,23 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmek.customer import policy as policy_module
+from cmek.customer.lint import Finding, LintResult, lint
 from cmek.customer.policy import (
-    DESCRIBE_SID,
     GRANT_SID,
     OWNER_SID,
     REFERENCE_STATEMENTS,
-    REQUIRED_ACTIONS,
-    USAGE_SID,
-    Finding,
     InvalidAccount,
-    LintResult,
     PolicyError,
-    lint,
     merge,
     provider_statements,
     render,
     validate_account,
 )
+from cmek.customer.requirements import DESCRIBE_SID, REQUIRED_ACTIONS, USAGE_SID
 from cmek.errors import CmekError, InvalidInput
 from tests.conftest import REFERENCE_POLICY
 
@@ -99,10 +96,13 @@ def test_embedded_statements_are_the_reference_file() -> None:
 
 
 def test_the_package_does_not_read_the_reference_file() -> None:
-    source = Path(policy_module.__file__).read_text()
-    assert REFERENCE_POLICY.name not in source
-    assert "shared/reference" not in source
-    assert "kmslocal" not in source
+    package = Path(policy_module.__file__).parent  # every module of cmek.customer
+    sources = {path.name: path.read_text() for path in package.glob("*.py")}
+    assert {"policy.py", "policy_doc.py", "policy_schema.py", "lint.py"} <= set(sources)
+    for source in sources.values():
+        assert REFERENCE_POLICY.name not in source
+        assert "shared/reference" not in source
+        assert "kmslocal" not in source
 
 
 def test_provider_statements_with_tenant_restrict_only_the_usage_statement() -> None:

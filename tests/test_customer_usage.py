@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
-from cmek.customer.keys import CredentialsInvalid, EndpointUnreachable
+from cmek.customer.aws_errors import CredentialsInvalid, EndpointUnreachable
 from cmek.customer.policy import merge
 from cmek.customer.usage import UsageReport, parse_since, usage_report
 from cmek.errors import InvalidInput

@@ -22,15 +22,15 @@ import pytest
 
 from cmek.errors import CmekError, InvalidInput
 from cmek.stores.objects import (
-    FileObjectStore,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreUnavailable,
-    S3ObjectStore,
     open_object_store,
     validate_key,
 )
+from cmek.stores.objects_file import FileObjectStore
+from cmek.stores.objects_s3 import S3ObjectStore
 
 BUCKET = "cmek-objects"
 SECRET = "dummy-secret-key-never-printed"

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cmek.customer.keys import verify_key
-from cmek.customer.policy import lint, merge, render
+from cmek.customer.lint import lint
+from cmek.customer.policy import merge, render
 from cmek.kms import BotoKms, KmsSettings
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, REGION, KmsLocal
 

@@ -76,7 +76,8 @@ def _boto_client(args: argparse.Namespace, service: str) -> Any:
 def _caller_account(args: argparse.Namespace) -> str:
     """Whose credentials these are (STS GetCallerIdentity), or a one-line error saying how
     to give working ones."""
-    from cmek.customer.keys import KeyCreateFailed, aws_error
+    from cmek.customer.aws_errors import aws_error
+    from cmek.customer.create import KeyCreateFailed
 
     try:
         return str(_boto_client(args, "sts").get_caller_identity()["Account"])
@@ -91,7 +92,7 @@ def _caller_account(args: argparse.Namespace) -> str:
 def _explain(error: CmekError, args: argparse.Namespace) -> CmekError:
     """An AWS failure with what to do about it: where the endpoint is, which Region the
     credentials were signed for, how to give credentials."""
-    from cmek.customer.keys import CredentialsInvalid, EndpointUnreachable
+    from cmek.customer.aws_errors import CredentialsInvalid, EndpointUnreachable
 
     if isinstance(error, EndpointUnreachable):
         error.message = (f"{error.message}: nothing answers at {_where(args)}; check "
@@ -144,7 +145,8 @@ def policy_merge(args: argparse.Namespace) -> int:
 
 
 def policy_lint(args: argparse.Namespace) -> int:
-    from cmek.customer.policy import lint, validate_account
+    from cmek.customer.lint import lint
+    from cmek.customer.policy import validate_account
 
     provider = validate_account(args.provider_account)
     text = _read_text(args.file)
@@ -168,7 +170,8 @@ def policy_lint(args: argparse.Namespace) -> int:
 
 # --- keys -----------------------------------------------------------------------------
 def key_create(args: argparse.Namespace) -> int:
-    from cmek.customer.keys import CustomerKeyError, create_key
+    from cmek.customer.aws_errors import CustomerKeyError
+    from cmek.customer.create import create_key
     from cmek.customer.policy import validate_account
     from cmek.ids import validate_tenant_id
 
@@ -277,7 +280,7 @@ def usage(args: argparse.Namespace) -> int:
 def _known_key(args: argparse.Namespace) -> None:
     """The key exists for these credentials (DescribeKey): a typo in the ARN is said, not
     reported as a key nobody used."""
-    from cmek.customer.keys import CustomerKeyError, aws_error
+    from cmek.customer.aws_errors import CustomerKeyError, aws_error
     from cmek.customer.usage import UsageLookupFailed
 
     try:

@@ -1,33 +1,23 @@
-"""Key create (customer side) and key verify (provider side).
+"""Key verify, run with the provider's credentials: is a customer's key the kind of key
+the provider accepts, and may the provider use it?
 
-``create_key`` runs with the customer's credentials: it creates a symmetric,
-single-Region, KMS-generated key with the AWS default key policy (the owner account
-keeps administering it), merges the provider's least-privilege statements into that
-policy and, if asked, names it with an alias. A key left half-made by a failing step
-is scheduled for deletion (7 days) before the error is raised.
-
-``verify_key`` runs with the provider's credentials, through the KMS port, before a
-tenant is provisioned with a key. It first establishes who is calling (a dry run made
-with anyone else's credentials proves nothing about the provider's access), then runs
-named checks in order; a check that cannot run because an earlier one failed is
-recorded as skipped. Every failed check carries a one-line fix.
+``verify_key`` runs through the KMS port, before a tenant is provisioned with a key. It
+first establishes who is calling (a dry run made with anyone else's credentials proves
+nothing about the provider's access), then runs named checks in order; a check that
+cannot run because an earlier one failed is recorded as skipped. Every failed check
+carries a one-line fix.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
-
-import botocore.exceptions as bx
+from typing import Any, Final
 
 from cmek.customer import requirements
-from cmek.customer.policy import merge, provider_statements
 from cmek.customer.requirements import USAGE_SID
-from cmek.errors import CmekError, InvalidInput
 from cmek.kms import (
     KeyArn,
     KeyDescription,
@@ -40,216 +30,11 @@ from cmek.kms import (
     RevocationReason,
 )
 
-if TYPE_CHECKING:
-    from mypy_boto3_kms import KMSClient
-
-
+# The only kind of key the provider accepts (cmek.customer.create makes one).
 KEY_SPEC: Final = "SYMMETRIC_DEFAULT"
 KEY_USAGE: Final = "ENCRYPT_DECRYPT"
 ORIGIN: Final = "AWS_KMS"
-DELETION_WINDOW_DAYS: Final = 7
 PROBE: Final = b"cmek key verification probe"
-
-_ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
-
-
-# --- errors -----------------------------------------------------------------------------
-
-
-class CustomerKeyError(CmekError):
-    """A failed AWS call made for the customer: ``step`` names the call, ``aws_code`` is
-    AWS's error code when AWS answered, ``key_arn`` the key left behind, if any."""
-
-    code = "customer_key_error"
-
-    def __init__(self, message: str, *, step: str, aws_code: str | None = None,
-                 key_arn: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
-        self.aws_code = aws_code
-        self.key_arn = key_arn
-
-
-class KeyCreateFailed(CustomerKeyError):
-    code = "key_create_failed"
-
-
-class CredentialsInvalid(CustomerKeyError):
-    code = "credentials_invalid"
-    hint = ("set working AWS credentials: --profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY")
-
-
-class EndpointUnreachable(CustomerKeyError):
-    code = "endpoint_unreachable"
-    hint = "check the endpoint and the network"
-
-
-_CREDENTIAL_CODES = frozenset({
-    "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignatureException",
-    "MissingAuthenticationTokenException", "ExpiredTokenException", "ExpiredToken",
-    "InvalidClientTokenId", "SignatureDoesNotMatch", "AuthFailure",
-})
-_UNREACHABLE = (
-    bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
-    bx.ConnectionClosedError, bx.ProxyConnectionError,
-)
-_NO_CREDENTIALS = (
-    bx.NoCredentialsError, bx.PartialCredentialsError, bx.ProfileNotFound,
-)
-
-
-def aws_error(
-    exc: Exception, *, step: str, failed: Callable[[str, str, str | None], CustomerKeyError],
-) -> CustomerKeyError | None:
-    """Map a boto3/botocore exception of ``step`` to a one-line cmek error, or None when it
-    is not an AWS client error. ``failed(message, step, aws_code)`` builds the error for
-    refusals that are neither credential nor connection problems."""
-    if isinstance(exc, bx.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", "Unknown"))
-        text = _one_line(str(err.get("Message", "")))
-        message = f"{step} failed: {code}" + (f": {text}" if text else "")
-        if code in _CREDENTIAL_CODES:
-            return CredentialsInvalid(message, step=step, aws_code=code)
-        return failed(message, step, code)
-    if isinstance(exc, _UNREACHABLE):
-        return EndpointUnreachable(
-            f"{step} failed: endpoint unreachable ({type(exc).__name__}: "
-            f"{_one_line(str(exc))})", step=step,
-        )
-    if isinstance(exc, _NO_CREDENTIALS):
-        return CredentialsInvalid(
-            f"{step} failed: no usable AWS credentials ({type(exc).__name__})", step=step
-        )
-    if isinstance(exc, bx.NoRegionError):
-        return failed(f"{step} failed: no AWS Region configured", step, None)
-    if isinstance(exc, bx.ParamValidationError):
-        return failed(f"{step} failed: {_one_line(str(exc))}", step, None)
-    if isinstance(exc, bx.BotoCoreError):
-        return failed(f"{step} failed: {type(exc).__name__}: {_one_line(str(exc))}", step, None)
-    return None
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
-# --- create -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CreatedKey:
-    key_arn: str
-    key_id: str
-    alias: str | None
-    policy: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key_arn": self.key_arn, "key_id": self.key_id, "alias": self.alias,
-            "policy": self.policy,
-        }
-
-
-def normalize_alias(alias: str) -> str:
-    """Accept ``name`` or ``alias/name``; refuse what KMS would refuse, before any call."""
-    name = alias.strip()
-    if not name.startswith("alias/"):
-        name = f"alias/{name}"
-    if not _ALIAS.match(name):
-        raise InvalidInput(
-            f"alias {alias[:100]!r} must be 1-250 characters of A-Z, a-z, 0-9, '/', '_' and "
-            "'-' (optionally prefixed with 'alias/')"
-        )
-    if name.startswith("alias/aws/"):
-        raise InvalidInput(f"alias {name!r}: names under alias/aws/ are reserved for AWS")
-    return name
-
-
-def create_key(
-    kms: KMSClient, provider_account: str, *, alias: str | None = None,
-    tenant: str | None = None, description: str | None = None,
-) -> CreatedKey:
-    """Create the customer's key and give the provider least-privilege use of it."""
-    # bad input (account, tenant, alias) is refused before any call
-    provider_statements(provider_account, tenant=tenant)
-    alias_name = normalize_alias(alias) if alias is not None else None
-    if description is None:
-        description = f"cmek: customer-managed key used by provider account {provider_account}"
-        if tenant:
-            description += f" for tenant {tenant}"
-
-    def fail(message: str, step: str, code: str | None) -> CustomerKeyError:
-        return KeyCreateFailed(message, step=step, aws_code=code)
-
-    try:
-        created = kms.create_key(
-            KeySpec=KEY_SPEC, KeyUsage=KEY_USAGE, Origin=ORIGIN, MultiRegion=False,
-            Description=description,
-        )
-    except Exception as e:
-        mapped = aws_error(e, step="CreateKey", failed=fail)
-        if mapped is None:
-            raise
-        raise mapped from None
-    meta = created["KeyMetadata"]
-    key_id, key_arn = meta["KeyId"], meta["Arn"]
-
-    step = "GetKeyPolicy"
-    try:
-        text = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
-        existing = json.loads(text)
-        if not isinstance(existing, dict):
-            raise KeyCreateFailed(
-                "GetKeyPolicy failed: the key policy is not a JSON object", step=step
-            )
-        step = "merge policy"
-        policy = merge(existing, provider_account, tenant=tenant)
-        step = "PutKeyPolicy"
-        kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
-        if alias_name is not None:
-            step = "CreateAlias"
-            kms.create_alias(AliasName=alias_name, TargetKeyId=key_id)
-    except Exception as e:
-        cause = _step_error(e, step, fail)
-        raise type(cause)(
-            f"{cause.message}; {_discard(kms, key_id, key_arn)}", step=cause.step,
-            aws_code=cause.aws_code, key_arn=key_arn,
-        ) from e
-    return CreatedKey(key_arn, key_id, alias_name, policy)
-
-
-def _step_error(
-    e: Exception, step: str, fail: Callable[[str, str, str | None], CustomerKeyError],
-) -> CustomerKeyError:
-    if isinstance(e, CustomerKeyError):
-        return e
-    mapped = aws_error(e, step=step, failed=fail)
-    if mapped is not None:
-        return mapped
-    if isinstance(e, CmekError):
-        return KeyCreateFailed(f"{step} failed: {e.message}", step=step)
-    if isinstance(e, ValueError):  # the key policy AWS returned is not JSON
-        return KeyCreateFailed(f"{step} failed: {_one_line(str(e))}", step=step)
-    return KeyCreateFailed(f"{step} failed: {type(e).__name__}: {_one_line(str(e))}", step=step)
-
-
-def _discard(kms: KMSClient, key_id: str, key_arn: str) -> str:
-    """Schedule a half-made key for deletion; say what happened, for the error message."""
-    try:
-        kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=DELETION_WINDOW_DAYS)
-    except Exception as e:
-        mapped = aws_error(e, step="ScheduleKeyDeletion",
-                           failed=lambda m, s, c: KeyCreateFailed(m, step=s, aws_code=c))
-        why = mapped.message if mapped is not None else f"{type(e).__name__}: {e}"
-        return (f"the half-made key {key_arn} could NOT be scheduled for deletion "
-                f"({_one_line(why, 200)}): delete it by hand")
-    return (f"the half-made key {key_arn} was scheduled for deletion in "
-            f"{DELETION_WINDOW_DAYS} days")
-
-
-# --- verify -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

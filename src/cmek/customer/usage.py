@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cmek.customer.keys import CustomerKeyError, aws_error
+from cmek.customer.aws_errors import CustomerKeyError, aws_error
 from cmek.errors import InvalidInput
 from cmek.kms import KeyArn, KmsMisconfigured
 

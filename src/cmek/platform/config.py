@@ -9,15 +9,12 @@ standard chain (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, instance roles, ...) sup
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,13 +26,23 @@ from pydantic import (
     model_validator,
 )
 
-from cmek.db import normalize_url, redact_url
+from cmek.db import redact_url
 from cmek.errors import CmekError
-from cmek.platform.clients import parse_networks
-from cmek.platform.warehouse.egress import EgressPolicy
+from cmek.platform.config_values import (
+    Invalid,
+    duration,
+    parse_database_url,
+    parse_dir,
+    parse_egress_list,
+    parse_http_url,
+    parse_networks_list,
+    parse_object_store,
+    parse_seconds,
+    parse_secret,
+    shown,
+)
 
 DAY = 86400.0
-MIN_SECRET_CHARS = 16
 MIN_INTEGRITY_KEY_CHARS = 32
 
 # Field name -> environment variable. The CMEK_* names are an operator contract: never rename.
@@ -82,92 +89,12 @@ ENV_VARS: dict[str, str] = {
 }
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class ConfigError(CmekError):
     code = "config_invalid"
-
-
-class _Invalid(ValueError):
-    """Carries our own one-line message through pydantic, so no ``Value error,`` prefix leaks."""
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _seconds(value: Any, *, allow_zero: bool) -> float:
-    op = ">=" if allow_zero else ">"
-    problem = f"must be a number of seconds {op} 0, got {_shown(value)}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(problem)
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise _Invalid(problem)
-    return seconds
-
-
-def _secret(value: Any) -> SecretStr | None:
-    if value is None:
-        return None
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {type(value).__name__}")  # never the value
-    if len(value) < MIN_SECRET_CHARS:
-        raise _Invalid(f"must be at least {MIN_SECRET_CHARS} characters when set")
-    return SecretStr(value)
-
-
-def _http_url(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-        raise _Invalid(f"must be an http:// or https:// URL, got {_shown(value)}")
-    if value.lower().startswith("http://") and not _loopback(urlsplit(value).hostname):
-        # Data keys cross this link in the clear without TLS: only a local endpoint may.
-        raise _Invalid(f"plain http:// is allowed only to a loopback host; use https://, "
-                       f"got {_shown(value)}")
-    return value
-
-
-def _loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _dir(value: Any) -> Path:
-    if isinstance(value, str) and value:
-        value = Path(value)
-    if not isinstance(value, Path):
-        raise _Invalid(f"must be a folder path, got {_shown(value)}")
-    return value.expanduser().resolve()
-
-
-def duration(seconds: float) -> str:
-    """Seconds as written in settings, and in the largest whole unit: ``2592000 s (30 d)``."""
-    text = f"{seconds:.0f} s" if float(seconds).is_integer() else f"{seconds} s"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and float(seconds / size).is_integer():
-            return f"{text} ({seconds / size:.0f} {unit})"
-    return text
-
-
-def _entries(value: Any, what: str) -> list[str]:
-    """A list: from TOML as a list, from the environment comma-separated."""
-    if isinstance(value, str):
-        value = [v for v in (part.strip() for part in value.split(",")) if v]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f"must be a list of {what}")
-    return list(value)
 
 
 class Settings(BaseModel):
@@ -233,8 +160,8 @@ class Settings(BaseModel):
             return data
         data = dict(data)
         try:
-            data_dir = _dir(data.get("data_dir", Path("data")))
-        except _Invalid:
+            data_dir = parse_dir(data.get("data_dir", Path("data")))
+        except Invalid:
             return data  # the data_dir field reports it
         data["data_dir"] = data_dir
         if data.get("database_url") in (None, ""):
@@ -248,79 +175,51 @@ class Settings(BaseModel):
     @field_validator("data_dir", "warehouse_dir", mode="before")
     @classmethod
     def _check_data_dir(cls, value: Any) -> Path:
-        return _dir(value)
+        return parse_dir(value)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _check_trusted_proxies(cls, value: Any) -> tuple[str, ...]:
-        value = _entries(value, "CIDRs or addresses")
-        try:
-            parse_networks(value)
-        except ValueError as e:
-            raise _Invalid(f"must be CIDRs or addresses: {e}") from None
-        return tuple(value)
+        return parse_networks_list(value)
 
     @field_validator("warehouse_allow", mode="before")
     @classmethod
     def _check_warehouse_allow(cls, value: Any) -> tuple[str, ...]:
-        value = _entries(value, "CIDRs, addresses or host names")
-        try:
-            EgressPolicy.parse(value)
-        except CmekError as e:
-            raise _Invalid(f"must be CIDRs, addresses or host names: {e.message}") from None
-        return tuple(value)
+        return parse_egress_list(value)
 
     @field_validator("database_url", mode="before")
     @classmethod
     def _check_database_url(cls, value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Invalid(f"must be a string, got {type(value).__name__}")
-        url = normalize_url(value)
-        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-            return url
-        if url.startswith("postgresql://") and len(url) > len("postgresql://"):
-            return url
-        scheme = url.split("://", 1)[0] if "://" in url else url[:20]
-        # Only the scheme is echoed: the rest may hold a password.
-        raise _Invalid("must start with sqlite:///, postgresql:// or postgres://, "
-                       f"got one starting with {scheme!r}")
+        return parse_database_url(value)
 
     @field_validator("object_store", mode="before")
     @classmethod
     def _check_object_store(cls, value: Any) -> str:
-        if isinstance(value, str):
-            if value.startswith("file:///"):
-                return value
-            if value.startswith("s3://"):
-                bucket, _, prefix = value.removeprefix("s3://").partition("/")
-                if _BUCKET.match(bucket) and ".." not in bucket and "//" not in prefix:
-                    return value
-        raise _Invalid(f"must be file:///absolute/folder or s3://bucket[/prefix], "
-                       f"got {_shown(value)}")
+        return parse_object_store(value)
 
     @field_validator("s3_endpoint_url", "kms_endpoint_url", mode="before")
     @classmethod
     def _check_endpoint(cls, value: Any) -> str | None:
-        return _http_url(value)
+        return parse_http_url(value)
 
     @field_validator("kms_region", mode="before")
     @classmethod
     def _check_region(cls, value: Any) -> str:
         if not isinstance(value, str) or not _REGION.match(value):
-            raise _Invalid(f"must be an AWS Region name like us-west-2, got {_shown(value)}")
+            raise Invalid(f"must be an AWS Region name like us-west-2, got {shown(value)}")
         return value
 
     @field_validator("operator_token", mode="before")
     @classmethod
     def _check_secret(cls, value: Any) -> SecretStr | None:
-        return _secret(value)
+        return parse_secret(value)
 
     @field_validator("integrity_key", mode="before")
     @classmethod
     def _check_integrity_key(cls, value: Any) -> SecretStr | None:
-        key = _secret(value)
+        key = parse_secret(value)
         if key is not None and len(key.get_secret_value()) < MIN_INTEGRITY_KEY_CHARS:
-            raise _Invalid(f"must be at least {MIN_INTEGRITY_KEY_CHARS} characters when set")
+            raise Invalid(f"must be at least {MIN_INTEGRITY_KEY_CHARS} characters when set")
         return key
 
     @field_validator("check_interval", "restore_window", "live_store_grace", "data_key_ttl",
@@ -328,13 +227,13 @@ class Settings(BaseModel):
                      "login_backoff", mode="before")
     @classmethod
     def _check_positive(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=False)
+        return parse_seconds(value, allow_zero=False)
 
     @field_validator("query_timeout", "query_cpu_seconds", "schedule_min_period",
                      "event_check_interval", mode="before")
     @classmethod
     def _check_query_seconds(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=False)
+        return parse_seconds(value, allow_zero=False)
 
     @field_validator("query_memory_mb", "query_max_rows", "query_max_result_bytes",
                      "query_max_running", "query_per_tenant", "event_records_per_minute",
@@ -344,7 +243,7 @@ class Settings(BaseModel):
         least = {"query_memory_mb": 64, "query_max_result_bytes": 1024}.get(
             str(info.field_name), 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise _Invalid(f"must be a whole number >= {least}, got {_shown(value)}")
+            raise Invalid(f"must be a whole number >= {least}, got {shown(value)}")
         return value
 
     @model_validator(mode="after")
@@ -352,21 +251,21 @@ class Settings(BaseModel):
         # Every process must tag and check rows with the same key: with a shared
         # PostgreSQL control plane a key made in one process's data_dir would not do.
         if self.tenant_backend == "postgresql" and self.integrity_key is None:
-            raise _Invalid(f"integrity_key ({ENV_VARS['integrity_key']}) must be set with a "
-                           "PostgreSQL control plane: the same secret in every process")
+            raise Invalid(f"integrity_key ({ENV_VARS['integrity_key']}) must be set with a "
+                          "PostgreSQL control plane: the same secret in every process")
         return self
 
     @model_validator(mode="after")
     def _per_tenant_within_total(self) -> Settings:
         if self.query_per_tenant > self.query_max_running:
-            raise _Invalid(f"query_per_tenant ({ENV_VARS['query_per_tenant']}) must be <= "
-                           f"query_max_running ({ENV_VARS['query_max_running']})")
+            raise Invalid(f"query_per_tenant ({ENV_VARS['query_per_tenant']}) must be <= "
+                          f"query_max_running ({ENV_VARS['query_max_running']})")
         return self
 
     @field_validator("outage_grace", "backup_interval", mode="before")
     @classmethod
     def _check_non_negative(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=True)
+        return parse_seconds(value, allow_zero=True)
 
     @field_validator("live_store_grace")
     @classmethod
@@ -374,8 +273,8 @@ class Settings(BaseModel):
         # Live stores must be gone before the restore window lets the data be shredded.
         window = info.data.get("restore_window")
         if window is not None and value > window:
-            raise _Invalid(f"must be <= restore_window ({ENV_VARS['restore_window']}, "
-                           f"{duration(window)}), got {duration(value)}")
+            raise Invalid(f"must be <= restore_window ({ENV_VARS['restore_window']}, "
+                          f"{duration(window)}), got {duration(value)}")
         return value
 
     @field_validator("provider_account", mode="before")
@@ -383,41 +282,41 @@ class Settings(BaseModel):
     def _check_account(cls, value: Any) -> str | None:
         if value is None or (isinstance(value, str) and re.fullmatch(r"\d{12}", value)):
             return value
-        raise _Invalid(f"must be a 12-digit AWS account id, got {_shown(value)}")
+        raise Invalid(f"must be a 12-digit AWS account id, got {shown(value)}")
 
     @field_validator("host", mode="before")
     @classmethod
     def _check_host(cls, value: Any) -> str:
         if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-            raise _Invalid(f"must be a host name or IP address, got {_shown(value)}")
+            raise Invalid(f"must be a host name or IP address, got {shown(value)}")
         return value
 
     @field_validator("port", mode="before")
     @classmethod
     def _check_port(cls, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-            raise _Invalid(f"must be an integer port from 0 to 65535, got {_shown(value)}")
+            raise Invalid(f"must be an integer port from 0 to 65535, got {shown(value)}")
         return value
 
     @field_validator("dev", mode="before")
     @classmethod
     def _check_dev(cls, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise _Invalid(f"must be true or false, got {_shown(value)}")
+            raise Invalid(f"must be true or false, got {shown(value)}")
         return value
 
     @field_validator("max_body_bytes", mode="before")
     @classmethod
     def _check_max_body(cls, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise _Invalid(f"must be a whole number of bytes > 0, got {_shown(value)}")
+            raise Invalid(f"must be a whole number of bytes > 0, got {shown(value)}")
         return value
 
     @field_validator("login_max_failures", "login_max_failures_per_client", mode="before")
     @classmethod
     def _check_failures(cls, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _Invalid(f"must be a whole number of failed sign-ins >= 1, got {_shown(value)}")
+            raise Invalid(f"must be a whole number of failed sign-ins >= 1, got {shown(value)}")
         return value
 
     @field_validator("log_level", mode="before")
@@ -425,7 +324,7 @@ class Settings(BaseModel):
     def _check_log_level(cls, value: Any) -> str:
         level = value.strip().upper() if isinstance(value, str) else value
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise _Invalid(f"must be DEBUG, INFO, WARNING or ERROR, got {_shown(value)}")
+            raise Invalid(f"must be DEBUG, INFO, WARNING or ERROR, got {shown(value)}")
         return str(level)
 
 
@@ -498,7 +397,7 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
         name = str(first["loc"][0]) if first["loc"] else "settings"
         label = where.get(name, f"{name} ({ENV_VARS[name]})" if name in ENV_VARS else name)
         ctx_error = (first.get("ctx") or {}).get("error")
-        message = str(ctx_error) if isinstance(ctx_error, _Invalid) else first["msg"]
+        message = str(ctx_error) if isinstance(ctx_error, Invalid) else first["msg"]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         if not first["loc"]:  # a rule across settings: its message names them
             raise ConfigError(f"{message}{more}") from None

@@ -32,7 +32,8 @@ import sqlalchemy as sa
 from cmek import crashpoints
 from cmek.errors import CmekError, InvalidInput
 from cmek.stores.objects import ObjectNotFound, ObjectStore
-from cmek.stores.tenant import TenantStore, metadata
+from cmek.stores.tenant import TenantStore
+from cmek.stores.tenant_schema import metadata
 
 FORMAT = "cmek-backup"
 VERSION = 1

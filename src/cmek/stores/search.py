@@ -4,27 +4,22 @@ The index only ever leaves memory as ``to_bytes()``, which the caller seals unde
 tenant's key; so this module stays pure (no disk, keys or network) and ``from_bytes()``
 treats its input as untrusted: anything malformed is ``InvalidInput``, nothing else.
 
-Tokens are NFKC-normalised and casefolded words (letters, digits and marks, so accented
-and Indic words stay whole). An identifier such as ``customer_id`` or ``orderTotal`` is
-indexed whole (``customer_id``, ``ordertotal``) and by its parts (``customer``, ``id``,
-``order``, ``total``). Query words are taken whole: ``customer_id`` finds exactly that
-identifier, ``customer id`` finds every document with both parts. All query terms must
-match; the last one also matches as a prefix, for search-as-you-type.
+Tokens and query terms come from ``search_tokens``. All query terms must match; the last
+one also matches as a prefix, for search-as-you-type.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-import re
 import threading
-import unicodedata
 from bisect import bisect_left
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from cmek.errors import InvalidInput
+from cmek.stores.search_tokens import query_terms, tokenize
 
 FORMAT_VERSION = 1
 MAX_QUERY_CHARS = 512
@@ -42,7 +37,6 @@ PREFIX_FACTOR = 0.5
 
 _TITLE = 1
 _TEXT = 2
-_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+")
 _TOP = "\U0010ffff"  # a noncharacter, never inside a token: bounds a prefix range
 
 
@@ -63,79 +57,6 @@ class _Doc:
     # Sorted, so a candidate's prefix match is a bisect rather than a scan of its tokens.
     title_tokens: tuple[str, ...]
     text_tokens: tuple[str, ...]
-
-
-def _fold(s: str) -> str:
-    # Casefolding can leave non-NFKC output (e.g. some Greek), hence the second pass.
-    return unicodedata.normalize("NFKC", s.casefold())
-
-
-def _raw_words(text: str) -> Iterator[str]:
-    """Maximal runs of letters, digits, marks and underscores, ends trimmed of ``_``."""
-    if text.isascii():  # already NFKC; the common case for metadata, so kept fast
-        words: Iterable[str] = _ASCII_WORD.findall(text)
-    else:
-        words = _unicode_words(unicodedata.normalize("NFKC", text))
-    for word in words:
-        word = word.strip("_")
-        if word:
-            yield word
-
-
-def _unicode_words(text: str) -> Iterator[str]:
-    # re's \w excludes combining marks, which would cut words in Devanagari, Thai, ...
-    start = -1
-    for i, ch in enumerate(text):
-        if ch == "_" or unicodedata.category(ch)[0] in "LNM":
-            if start < 0:
-                start = i
-        elif start >= 0:
-            yield text[start:i]
-            start = -1
-    if start >= 0:
-        yield text[start:]
-
-
-def _camel_parts(chunk: str) -> list[str]:
-    """``orderTotal`` -> order, Total; ``HTTPServer`` -> HTTP, Server; ``Q4Sales`` -> Q4, Sales."""
-    rest = chunk[1:]
-    if rest.lower() == rest or chunk.upper() == chunk:  # no split point possible
-        return [chunk]
-    parts: list[str] = []
-    start = 0
-    for i in range(1, len(chunk)):
-        ch = chunk[i]
-        if not ch.isupper():
-            continue
-        prev = chunk[i - 1]
-        if not prev.isupper() or (i + 1 < len(chunk) and chunk[i + 1].islower()):
-            parts.append(chunk[start:i])
-            start = i
-    parts.append(chunk[start:])
-    return parts
-
-
-def tokenize(text: str) -> set[str]:
-    """Index tokens of ``text``: every word whole, plus the parts of compound identifiers."""
-    fold = str.lower if text.isascii() else _fold
-    tokens: set[str] = set()
-    for word in _raw_words(text):
-        tokens.add(fold(word))
-        if "_" in word:
-            parts = [p for chunk in word.split("_") if chunk for p in _camel_parts(chunk)]
-        else:
-            parts = _camel_parts(word)
-        if len(parts) > 1:
-            tokens.update(map(fold, parts))
-    return tokens
-
-
-def query_terms(query: str) -> list[str]:
-    """Normalised query words, in order, without repeats; words are not split into parts."""
-    seen: dict[str, None] = {}
-    for word in _raw_words(query):
-        seen.setdefault(_fold(word), None)
-    return list(seen)
 
 
 def _check_str(name: str, value: object, max_chars: int, *, allow_empty: bool) -> str:

@@ -30,69 +30,16 @@ import sqlalchemy as sa
 from cmek.clock import Clock
 from cmek.errors import CmekError, InvalidInput
 from cmek.keyring import Keyring
-
-metadata = sa.MetaData()
-
-objects = sa.Table(
-    "objects", metadata,
-    sa.Column("kind", sa.String(32), primary_key=True),
-    sa.Column("object_id", sa.String(128), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-users = sa.Table(
-    "users", metadata,
-    sa.Column("user_id", sa.String(36), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("email_lookup", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-secrets_table = sa.Table(
-    "tenant_secrets", metadata,
-    sa.Column("name", sa.String(32), primary_key=True),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-connections = sa.Table(
-    "connections", metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-settings_table = sa.Table(
-    "settings", metadata,
-    sa.Column("name", sa.String(32), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-schedules = sa.Table(
-    "schedules", metadata,
-    sa.Column("schedule_id", sa.String(36), primary_key=True),
-    sa.Column("every_seconds", sa.Float, nullable=False),
-    sa.Column("next_run_at", sa.Float, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
-)
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("run_id", sa.String(36), primary_key=True),
-    sa.Column("schedule_id", sa.String(36), nullable=False, index=True),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float, nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("error_code", sa.String(64), nullable=True),
-    sa.Column("result_key", sa.String(256), nullable=True),
-    sa.Column("sealed", sa.LargeBinary, nullable=True),
-)
-activity = sa.Table(
-    "activity", metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("entry_id", sa.String(32), nullable=False),
-    sa.Column("ts", sa.Float, nullable=False),
-    sa.Column("sealed", sa.LargeBinary, nullable=False),
+from cmek.stores.tenant_schema import (
+    activity,
+    connections,
+    metadata,
+    objects,
+    runs,
+    schedules,
+    secrets_table,
+    settings_table,
+    users,
 )
 
 OBJECT_KINDS = ("tables", "models", "liveboards", "answers")

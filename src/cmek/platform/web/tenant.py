@@ -1,24 +1,18 @@
-"""The pages: the tenant web app (``/t/{tenant}/...``) with its key console, and the
-operator console (``/ops``). Served by the API's process, left out of its OpenAPI document.
+"""The tenant web app (``/t/{tenant}/...``) with its key console.
 
 Every tenant page asks the platform first whether the tenant is served: when it is not,
-the page is the locked notice (423) and nothing else, whoever asks. Handlers are plain
-functions: FastAPI runs them on its thread pool, as the blocking service calls need.
+the page is the locked notice (423) and nothing else, whoever asks.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cmek.errors import CmekError, UnknownTenant
 from cmek.kms import KeyRevoked, KmsUnavailable
@@ -28,70 +22,27 @@ from cmek.platform.service import (
     OBJECT_KINDS,
     Caller,
     Forbidden,
-    Platform,
     TenantKeyUnavailable,
     TooManyAttempts,
     Unauthorized,
     object_title,
 )
 from cmek.platform.web import console, security
-from cmek.platform.web.charts import cell, result_bars
+from cmek.platform.web.charts import result_bars
+from cmek.platform.web.pages import TENANT_ID, Pages, Text
 from cmek.stores.objects import ObjectNotFound
 from cmek.stores.tenant import NotFound, StoreClosed, TenantStore
 
-log = logging.getLogger("cmek.platform.web")
-STATIC = Path(__file__).parent / "static"
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 OBJECT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KIND_NAMES = {"liveboards": "Liveboards", "answers": "Answers", "tables": "Tables",
               "models": "Models"}
 KIND_ONE = {"liveboards": "Liveboard", "answers": "Answer", "tables": "Table",
             "models": "Model"}
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; "
-                               "img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-}
 UNAVAILABLE = (TenantKeyUnavailable, KeyRevoked, StoreClosed)
-Text = Annotated[str, Form(max_length=1024)]
 NextField = Annotated[str, Form(alias="next", max_length=1024)]
 
 
-def mount(app: FastAPI, platform: Platform) -> None:
-    """Add the pages and their static files to the API's app."""
-    app.mount("/static", StaticFiles(directory=STATIC), name="web-static")
-    app.include_router(Pages(platform).router)
-
-
-class Pages:
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.env = Environment(loader=PackageLoader("cmek.platform.web", "templates"),
-                               autoescape=select_autoescape(default=True),
-                               trim_blocks=True, lstrip_blocks=True)
-        self.env.filters["cell"] = cell
-        self.router = APIRouter(include_in_schema=False)
-        self._routes()
-
-    # --- rendering --------------------------------------------------------------------------
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = self.env.get_template(template).render(**context)
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
-
-    def error(self, status: int, heading: str, detail: str, tenant: str | None = None,
-              code: str | None = None) -> HTMLResponse:
-        return self.render("error.html", status, title=heading, heading=heading,
-                           detail=detail, tenant=tenant, code=code)
-
-    def not_found(self, tenant: str | None = None) -> HTMLResponse:
-        return self.error(404, "Not found", "There is no such page.", tenant, "not_found")
-
-    def redirect(self, url: str) -> RedirectResponse:
-        return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
-
+class TenantPages(Pages):
     def notice(self, request: Request, tenant: str,
                error: CmekError | None = None) -> HTMLResponse:
         """The locked notice: the key's state and reason for everyone, the countdowns only
@@ -212,8 +163,7 @@ class Pages:
                         csrf: Text = "", next_url: NextField = "") -> Response:
             if not TENANT_ID.fullmatch(tenant):
                 return self.not_found()
-            if not (security.same_origin(request) and security.same(
-                    csrf, request.cookies.get(security.CSRF_COOKIE))):
+            if not self.signin_form_sent(request, csrf):
                 return self.signin(request, tenant, next_url, "The form expired; sign in again.",
                                    403)
             try:
@@ -324,54 +274,6 @@ class Pages:
                 return self.render("object.html", **self.tenant_context(caller, **context))
             return self.tenant_page(request, tenant, build)
 
-        # --- the operator console ------------------------------------------------------------
-        @r.get("/ops")
-        def ops_home(request: Request) -> Response:
-            if not self.ops_signed_in(request):
-                return self.ops_signin(request, None, 200)
-            return self.render("ops.html", title="Tenants", ops=True,
-                               csrf=self.ops_csrf(request), now=console.when(
-                                   platform.clock.now()), rows=console.tenant_rows(platform))
-
-        @r.post("/ops/signin")
-        def ops_signin_post(request: Request, token: Text = "", csrf: Text = "") -> Response:
-            expected = platform.settings.operator_token
-            if not (security.same_origin(request) and security.same(
-                    csrf, request.cookies.get(security.CSRF_COOKIE))):
-                return self.ops_signin(request, "The form expired; sign in again.", 403)
-            if expected is None or not security.same(token, expected.get_secret_value()):
-                return self.ops_signin(request, "That is not the operator token.", 401)
-            response = self.redirect("/ops")
-            value = security.ops_cookie_value(expected.get_secret_value(),
-                                              platform.clock.now())
-            security.set_cookie(response, security.OPS_COOKIE, value,
-                                max_age=int(security.OPS_TTL), same_site="strict")
-            security.clear_cookie(response, security.CSRF_COOKIE)
-            return response
-
-        @r.post("/ops/signout")
-        def ops_signout(request: Request, csrf: Text = "") -> Response:
-            if self.ops_signed_in(request) and not (security.same_origin(request) and
-                                                    security.same(csrf, self.ops_csrf(request))):
-                return self.error(403, "Form expired", "Open the page again and resend it.",
-                                  code="csrf_failed")
-            response = self.redirect("/ops")
-            security.clear_cookie(response, security.OPS_COOKIE)
-            return response
-
-        @r.get("/ops/tenants/{tenant}/key")
-        def ops_key(request: Request, tenant: str) -> Response:
-            if not self.ops_signed_in(request):
-                return self.redirect("/ops")
-            if not TENANT_ID.fullmatch(tenant):
-                return self.not_found()
-            try:
-                data = console.key_console(platform, tenant)
-            except UnknownTenant:
-                return self.not_found()
-            return self.render("key.html", title=f"Key of {tenant}", ops=True,
-                               csrf=self.ops_csrf(request), c=data)
-
     # --- helpers ----------------------------------------------------------------------------
     def signin(self, request: Request, tenant: str, next_url: str, message: str | None,
                status: int, email: str = "") -> Response:
@@ -385,34 +287,9 @@ class Pages:
                 return self.redirect(_local(next_url, tenant))
             except CmekError:
                 pass  # not (or no longer) signed in: the form
-        form_token = request.cookies.get(security.CSRF_COOKIE) or security.new_form_token()
-        response = self.render("signin.html", status, title="Sign in", tenant=tenant,
-                               signin=True, message=message, email=email[:320],
-                               next=_local(next_url, tenant), csrf=form_token)
-        security.set_cookie(response, security.CSRF_COOKIE, form_token, max_age=3600,
-                            same_site="strict")
-        return response
-
-    def ops_signin(self, request: Request, message: str | None, status: int) -> Response:
-        form_token = request.cookies.get(security.CSRF_COOKIE) or security.new_form_token()
-        response = self.render("ops_signin.html", status, title="Operator sign-in",
-                               ops=True, signin=True, message=message, csrf=form_token)
-        security.set_cookie(response, security.CSRF_COOKIE, form_token, max_age=3600,
-                            same_site="strict")
-        return response
-
-    def ops_signed_in(self, request: Request) -> bool:
-        expected = self.platform.settings.operator_token
-        return expected is not None and security.ops_cookie_valid(
-            expected.get_secret_value(), request.cookies.get(security.OPS_COOKIE),
-            self.platform.clock.now())
-
-    def ops_csrf(self, request: Request) -> str:
-        expected = self.platform.settings.operator_token
-        cookie = request.cookies.get(security.OPS_COOKIE)
-        if expected is None or cookie is None:
-            return ""
-        return security.ops_csrf(expected.get_secret_value(), cookie)
+        return self.signin_page(request, "signin.html", status, title="Sign in", tenant=tenant,
+                                message=message, email=email[:320],
+                                next=_local(next_url, tenant))
 
     def answer(self, store: TenantStore, tenant: str, answer_id: str,
                body: dict[str, Any] | None = None) -> dict[str, Any]:
