@@ -26,6 +26,8 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from cmek.clock import SystemClock
+from cmek.platform.service import Platform
 from tests.kmslocal_harness import (
     CUSTOMER,
     CUSTOMER_OTHER,
@@ -36,6 +38,7 @@ from tests.kmslocal_harness import (
     KmsLocal,
     write_config,
 )
+from tests.platform_harness import in_process
 
 T = TypeVar("T")
 # The reference provider key policy, kept with the tests (a copy of the project's
@@ -95,6 +98,15 @@ def dev_kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsLocal]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def local_platform(kmslocal: KmsLocal, tmp_path: Path) -> Iterator[Platform]:
+    """A Platform object in this process, on the system clock (no HTTP): for tests that
+    reach into it."""
+    platform = in_process(kmslocal, tmp_path, SystemClock())
+    yield platform
+    platform.close()
 
 
 @dataclass

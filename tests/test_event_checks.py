@@ -34,7 +34,7 @@ def test_a_failed_event_check_is_owed(platform: Platform, kmslocal: KmsLocal,
     tenant = f"t{uuid.uuid4().hex[:10]}"
     arn = customer_key(kmslocal)
     platform.provision(tenant, arn, "admin@example.com", "correct horse battery")
-    secret = platform.issue_event_credential(tenant)["secret"]
+    secret = platform.events.issue_credential(tenant)["secret"]
     kmslocal.client(CUSTOMER).disable_key(KeyId=arn)
     real_check = Lifecycle.check
     failures = [ControlPlaneHiccup("the check failed")]
@@ -46,11 +46,11 @@ def test_a_failed_event_check_is_owed(platform: Platform, kmslocal: KmsLocal,
 
     monkeypatch.setattr(Lifecycle, "check", check_failing_once)
     with pytest.raises(ControlPlaneHiccup):
-        platform.key_event(tenant, secret, {"source": "aws.kms", "resources": [arn]})
+        platform.events.receive(tenant, secret, {"source": "aws.kms", "resources": [arn]})
     assert platform.lifecycle.state(tenant).state.value == "active"
-    assert platform.run_owed_event_checks() == 0  # not before the interval has passed
+    assert platform.events.run_owed() == 0  # not before the interval has passed
     assert isinstance(platform.clock, ManualClock)
     platform.clock.advance(platform.settings.event_check_interval)
-    assert platform.run_owed_event_checks() == 1
+    assert platform.events.run_owed() == 1
     assert platform.lifecycle.state(tenant).state.value == "locked"
-    assert platform.run_owed_event_checks() == 0  # and it is owed no more
+    assert platform.events.run_owed() == 0  # and it is owed no more

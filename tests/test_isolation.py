@@ -33,10 +33,10 @@ import sqlalchemy as sa
 from cmek.crypto.rows import RowAuthenticator
 from cmek.db import create_engine
 from cmek.keyring import encryption_context
+from cmek.platform.access import SESSION_TTL
 from cmek.platform.api import STATUS
 from cmek.platform.config import Settings
 from cmek.platform.control import ControlPlane, login_failures
-from cmek.platform.service import SESSION_TTL
 from tests.kmslocal_harness import CUSTOMER, PROVIDER, KmsLocal, free_port
 from tests.platform_harness import (
     INTEGRITY_KEY,

@@ -12,8 +12,9 @@ import duckdb
 import pytest
 
 from cmek.clock import SystemClock
+from cmek.platform.access import TenantKeyUnavailable
 from cmek.platform.config import load_settings
-from cmek.platform.service import Platform, TenantKeyUnavailable
+from cmek.platform.service import Platform
 from tests.kmslocal_harness import CUSTOMER, KmsLocal
 from tests.platform_harness import OPERATOR_TOKEN, PlatformProcess, customer_key
 
@@ -182,7 +183,7 @@ def test_a_locked_tenant_is_never_backed_up_even_after_a_restart(kmslocal: KmsLo
     restarted = Platform(load_settings(None, env=proc.env()), SystemClock())
     try:
         with pytest.raises(TenantKeyUnavailable):
-            restarted.backup(name, "scheduler")
+            restarted.backups.create(name, "scheduler")
     finally:
         restarted.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 
 
 def normalize_url(url: str) -> str:
@@ -38,10 +39,38 @@ def unreachable(engine: sa.Engine) -> str | None:
     return None
 
 
-def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+def upsert(bind: sa.Engine | sa.Connection, table: sa.Table) -> Any:
+    """An INSERT that takes ``on_conflict_do_update``: PostgreSQL's or SQLite's."""
+    return (postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def count_in_window(conn: sa.Connection, key: sa.Column[Any], value: str, *,
+                    count: sa.Column[Any], start: sa.Column[Any], now: float, window: float,
+                    **new_row: Any) -> int:
+    """Add one to a count kept per row and per fixed window (a window ``window`` seconds
+    old starts afresh at 1), atomically, and return the count now. ``new_row``: the other
+    columns of a row made by the first count."""
+    table = key.table
+    assert isinstance(table, sa.Table)
+    expired = start <= now - window
+    conn.execute(upsert(conn, table).values(
+        {key.name: value, count.name: 1, start.name: now, **new_row},
+    ).on_conflict_do_update(index_elements=[key], set_={
+        count.name: sa.case((expired, 1), else_=count + 1),
+        start.name: sa.case((expired, now), else_=start)}))
+    return int(conn.execute(sa.select(count).where(key == value)).scalar_one())
+
+
+def driver_url(url: str) -> str:
+    """The URL SQLAlchemy opens: PostgreSQL through psycopg 3."""
     url = normalize_url(url)
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    url = driver_url(url)
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         _owner_only(url.removeprefix("sqlite:///"))
     engine = sa.create_engine(url, **kwargs)

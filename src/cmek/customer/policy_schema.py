@@ -89,7 +89,8 @@ class PolicyReader:
         for key in sorted(set(doc) - _TOP_LEVEL_KEYS):
             self.schema(-1, "-", f"unknown top-level element {quote(key)}",
                         "Keep only Version, Id and Statement at the top level.")
-        if "Version" in doc and doc["Version"] not in _VERSIONS:
+        if "Version" in doc and not (isinstance(doc["Version"], str)
+                                     and doc["Version"] in _VERSIONS):
             self.schema(-1, "-", f"Version {quote(doc['Version'])} is not an IAM policy version",
                         f'Set "Version": "{POLICY_VERSION}".')
         if "Id" in doc and not isinstance(doc["Id"], str):

@@ -28,7 +28,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -63,6 +63,9 @@ from cmek.kms import Ciphertext, KeyArn, KeyRevoked, Kms, KmsError, KmsUnavailab
 T = TypeVar("T")
 log = logging.getLogger("cmek.keyring")
 TENANT_ROWS = "cmek_tenants"
+_KEY_COLUMNS = (tenants.c.key_arn, tenants.c.rewrap_to, tenants.c.rewrap_generation,
+                tenants.c.tag)
+
 
 def encryption_context(tenant: str, category: str, epoch: int) -> dict[str, str]:
     """What every KMS call says about itself in the customer's usage log."""
@@ -166,19 +169,25 @@ class Keyring:
     def _tag(self, tenant: str, key: TenantKey) -> bytes:
         return self.rows.tag(TENANT_ROWS, tenant, key.key_arn, key.rewrap_to, key.generation)
 
+    def _authentic(self, tenant: str, row: Any) -> TenantKey | None:
+        """The key a tenant row (the columns of _KEY_COLUMNS) holds, if the platform
+        wrote the row."""
+        key = TenantKey(str(row.key_arn), row.rewrap_to, int(row.rewrap_generation))
+        valid = self.rows.valid(TENANT_ROWS, row.tag, tenant, key.key_arn, key.rewrap_to,
+                                key.generation)
+        return key if valid else None
+
     def _read_tenant(self, conn: sa.Connection, tenant: str, lock: str = "") -> TenantKey:
         """The tenant's key row, refused unless the platform wrote it. ``lock``: "update"
         or "share", held until the caller's transaction ends."""
-        query = sa.select(tenants.c.key_arn, tenants.c.rewrap_to, tenants.c.rewrap_generation,
-                          tenants.c.tag).where(tenants.c.tenant_id == tenant)
+        query = sa.select(*_KEY_COLUMNS).where(tenants.c.tenant_id == tenant)
         if lock:
             query = query.with_for_update(read=lock == "share")
         row = conn.execute(query).first()
         if row is None:
             raise UnknownTenant(f"unknown tenant {tenant[:64]!r}")
-        key = TenantKey(str(row[0]), row[1], int(row[2]))
-        if not self.rows.valid(TENANT_ROWS, row[3], tenant, key.key_arn, key.rewrap_to,
-                               key.generation):
+        key = self._authentic(tenant, row)
+        if key is None:
             raise RowNotAuthentic("tenant key")
         return key
 
@@ -334,15 +343,13 @@ class Keyring:
         """Every tenant's key row that the platform wrote; others are left out, logged."""
         out: dict[str, TenantKey] = {}
         with self.engine.connect() as conn:
-            for r in conn.execute(sa.select(tenants.c.tenant_id, tenants.c.key_arn,
-                                            tenants.c.rewrap_to, tenants.c.rewrap_generation,
-                                            tenants.c.tag).order_by(tenants.c.tenant_id)):
-                key = TenantKey(str(r[1]), r[2], int(r[3]))
-                if self.rows.valid(TENANT_ROWS, r[4], str(r[0]), key.key_arn, key.rewrap_to,
-                                   key.generation):
-                    out[str(r[0])] = key
-                else:
+            for r in conn.execute(sa.select(tenants.c.tenant_id, *_KEY_COLUMNS)
+                                  .order_by(tenants.c.tenant_id)):
+                key = self._authentic(str(r.tenant_id), r)
+                if key is None:
                     log.warning("a tenant key row not written by the platform is ignored")
+                else:
+                    out[str(r.tenant_id)] = key
         return out
 
     def pending_rewraps(self) -> list[str]:

@@ -24,16 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmek.errors import CmekError
 from cmek.kms import KeyRevoked, RevocationReason
-from cmek.platform.clients import of_request
-from cmek.platform.service import (
+from cmek.platform.access import (
     Caller,
     KeyVerificationFailed,
-    Platform,
     TenantKeyUnavailable,
     TooManyAttempts,
     Unauthorized,
     require_admin,
 )
+from cmek.platform.clients import of_request
+from cmek.platform.service import Platform
 from cmek.platform.web import mount as mount_web
 from cmek.platform.web.security import same as same_secret
 from cmek.stores.tenant import StoreClosed
@@ -153,6 +153,12 @@ def error(code: str, message: str, **extra: Any) -> JSONResponse:
                         headers={"Cache-Control": "no-store"})
 
 
+def unavailable(refusal: TenantKeyUnavailable) -> JSONResponse:
+    """The one answer of a tenant whose key is not usable, however it was met."""
+    return error(refusal.code, refusal.message, key_state=refusal.key_state,
+                 reason=refusal.reason)
+
+
 def _bearer(authorization: str | None) -> str:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("send Authorization: Bearer <token>")
@@ -164,27 +170,29 @@ def _platform(request: Request) -> Platform:
     return platform
 
 
-def _operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+def _is_operator(request: Request, token: str) -> bool:
     expected = _platform(request).settings.operator_token
-    token = _bearer(authorization)
-    if not same_secret(token, expected.get_secret_value() if expected else None):
+    return same_secret(token, expected.get_secret_value() if expected else None)
+
+
+def _operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    if not _is_operator(request, _bearer(authorization)):
         raise Unauthorized("not the operator token")
 
 
 async def _caller(request: Request, tenant: TenantId,
                   authorization: Annotated[str | None, Header()] = None) -> Caller:
-    return await run_in_threadpool(_platform(request).authenticate, _bearer(authorization),
+    return await run_in_threadpool(_platform(request).sessions.authenticate, _bearer(authorization),
                                    tenant)
 
 
 async def _operator_or_admin(request: Request, tenant: TenantId,
                              authorization: Annotated[str | None, Header()] = None) -> None:
     """The operator, or an admin of this tenant (who sets up the customer's side)."""
-    expected = _platform(request).settings.operator_token
     token = _bearer(authorization)
-    if same_secret(token, expected.get_secret_value() if expected else None):
+    if _is_operator(request, token):
         return
-    require_admin(await run_in_threadpool(_platform(request).authenticate, token, tenant))
+    require_admin(await run_in_threadpool(_platform(request).sessions.authenticate, token, tenant))
 
 
 # Dependencies as types, at module level so that FastAPI can resolve the annotations.
@@ -210,7 +218,7 @@ def create_app(platform: Platform) -> FastAPI:
             # rebuilds the search indexes it marked stale, since it holds them in memory
             if platform.cluster.is_leader():
                 return platform.run_due_jobs(in_workers=True)
-            return platform.run_due_indexing()
+            return platform.indexes.run_due()
 
         try:  # before serving: nothing half done is ever served
             await run_in_threadpool(platform.recover)
@@ -244,14 +252,10 @@ def create_app(platform: Platform) -> FastAPI:
             return None
         started = float(request.scope.get("cmek.started", 0.0))
         try:
-            state = await run_in_threadpool(platform.lock_met, tenant, started)
+            state = await run_in_threadpool(platform.enforcer.lock_met, tenant, started)
         except Exception:  # the control plane is out too: the original answer stands
             return None
-        if state is None:
-            return None
-        refusal = TenantKeyUnavailable(state)
-        return error(refusal.code, refusal.message, key_state=refusal.key_state,
-                     reason=refusal.reason)
+        return None if state is None else unavailable(TenantKeyUnavailable.of(state))
 
     @app.exception_handler(CmekError)
     async def _cmek_error(request: Request, exc: CmekError) -> JSONResponse:
@@ -264,12 +268,11 @@ def create_app(platform: Platform) -> FastAPI:
             refused.headers["Retry-After"] = str(exc.retry_after)
             return refused
         if isinstance(exc, TenantKeyUnavailable):
-            return error(exc.code, exc.message, key_state=exc.key_state, reason=exc.reason)
+            return unavailable(exc)
         if isinstance(exc, KeyRevoked):  # met on the data path: the tenant is being locked
             state = ("pending_deletion" if exc.reason is RevocationReason.PENDING_DELETION
                      else "locked")
-            return error("tenant_key_unavailable", "the tenant's key is unavailable",
-                         key_state=state, reason=exc.reason.value)
+            return unavailable(TenantKeyUnavailable(state, exc.reason.value))
         return error(exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -359,27 +362,27 @@ def create_app(platform: Platform) -> FastAPI:
     async def key_events(tenant: TenantId, event: JsonObject,
                          x_cmek_event_secret: Annotated[str | None, Header()] = None
                          ) -> dict[str, Any]:
-        return await call(platform.key_event, tenant, x_cmek_event_secret, event)
+        return await call(platform.events.receive, tenant, x_cmek_event_secret, event)
 
     @app.post("/v1/tenants/{tenant}/key-events/credential", status_code=201)
     async def event_credential(tenant: TenantId, _: OperatorOrAdmin) -> dict[str, str]:
-        return await call(platform.issue_event_credential, tenant)
+        return await call(platform.events.issue_credential, tenant)
 
     # --- sessions and tokens --------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/sessions", status_code=201)
     async def login(tenant: TenantId, body: Login, request: Request) -> dict[str, Any]:
-        token, expires = await call(platform.login, tenant, body.email, body.password,
+        token, expires = await call(platform.sessions.login, tenant, body.email, body.password,
                                     of_request(request, platform.trusted_proxies))
         return {"token": token, "expires_at": expires}
 
     @app.delete("/v1/tenants/{tenant}/sessions", status_code=204)
     async def logout(me: Me) -> Response:
-        await call(platform.logout, me)
+        await call(platform.sessions.logout, me)
         return Response(status_code=204)
 
     @app.post("/v1/tenants/{tenant}/api-tokens", status_code=201)
     async def api_token(me: Me) -> dict[str, Any]:
-        token, _ = await call(platform.api_token, me)
+        token, _ = await call(platform.sessions.api_token, me)
         return {"token": token, "expires_at": None}
 
     # --- users ----------------------------------------------------------------------------
@@ -461,20 +464,20 @@ def create_app(platform: Platform) -> FastAPI:
     @app.post("/v1/tenants/{tenant}/backups", status_code=201)
     async def create_backup(me: Me) -> dict[str, Any]:
         require_admin(me)
-        return (await call(platform.backup, me.tenant_id, me.user_id)).to_json()
+        return (await call(platform.backups.create, me.tenant_id, me.user_id)).to_json()
 
     @app.get("/v1/tenants/{tenant}/backups")
     async def list_backups(me: Me) -> dict[str, Any]:
-        return {"backups": [b.to_json() for b in await call(platform.backups, me.tenant_id)]}
+        return {"backups": [b.to_json() for b in await call(platform.backups.list, me.tenant_id)]}
 
     @app.post("/v1/tenants/{tenant}/backups/{backup_id}/restore")
     async def restore(tenant: TenantId, backup_id: ObjectId, _: Op) -> dict[str, Any]:
-        return await call(platform.restore, tenant, backup_id)
+        return await call(platform.backups.restore, tenant, backup_id)
 
     # --- schedules ------------------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/schedules", status_code=201)
     async def create_schedule(body: ScheduleIn, me: Me) -> dict[str, Any]:
-        return await call(platform.create_schedule, me, body.name, body.connection, body.sql,
+        return await call(platform.schedules.create, me, body.name, body.connection, body.sql,
                           body.every_seconds)
 
     @app.get("/v1/tenants/{tenant}/schedules")

@@ -10,27 +10,17 @@ host commonly holds whole.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 
 from starlette.requests import HTTPConnection
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs or addresses; ValueError names the first that is neither."""
-    return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries)
+from cmek.platform.addresses import IPAddress, IPNetwork, parse_address
 
 
 def _address(text: str | None) -> IPAddress | None:
     try:
-        ip = ipaddress.ip_address((text or "").strip().strip("[]"))
+        return parse_address(text or "")
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _counted(ip: IPAddress) -> str:

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from cmek.db import normalize_url
 from cmek.errors import CmekError
-from cmek.platform.clients import parse_networks
+from cmek.platform.addresses import parse_networks
 from cmek.platform.warehouse.egress import EgressPolicy
 
 MIN_SECRET_CHARS = 16

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cmek.crypto.rows import RowAuthenticator
+from cmek.db import count_in_window
+from cmek.files import created_once
+from cmek.platform.config import Settings
 
 log = logging.getLogger("cmek.platform.control")
 
@@ -254,20 +256,13 @@ class ControlPlane:
         (never more than ``window``): it slows guessing down without ever locking anyone
         else out. Any other subject is refused for ``window`` seconds, then starts afresh.
         Atomic in one transaction."""
-        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
-                  else sqlite.insert)
         expired = login_failures.c.window_start <= now - window
         with self.engine.begin() as conn:  # subjects in a fixed order, so no deadlock
             for subject, limit, backs_off in limits:
-                conn.execute(insert(login_failures).values(
-                    subject=subject, failures=1, window_start=now, locked_until=None,
-                ).on_conflict_do_update(index_elements=[login_failures.c.subject], set_={
-                    "failures": sa.case((expired, 1), else_=login_failures.c.failures + 1),
-                    "window_start": sa.case((expired, now),
-                                            else_=login_failures.c.window_start),
-                }))
-                failures = int(conn.execute(sa.select(login_failures.c.failures).where(
-                    login_failures.c.subject == subject)).scalar_one())
+                failures = count_in_window(
+                    conn, login_failures.c.subject, subject, count=login_failures.c.failures,
+                    start=login_failures.c.window_start, now=now, window=window,
+                    locked_until=None)
                 if failures < limit:
                     continue
                 if backs_off:
@@ -294,3 +289,12 @@ def _token_fields(row: Mapping[str, Any]) -> tuple[str | float | None, ...]:
     expires = row["expires_at"]
     return (row["token_hash"], row["tenant_id"], row["user_id"], row["kind"], row["role"],
             float(row["created_at"]), None if expires is None else float(expires))
+
+
+def integrity_key(settings: Settings) -> bytes:
+    """The key that tags control-plane rows: the setting, or for a single process on
+    SQLite a random one made once in data_dir (0600), never in the database."""
+    if settings.integrity_key is not None:
+        return settings.integrity_key.get_secret_value().encode()
+    return created_once(settings.data_dir / "integrity.key",
+                        lambda: secrets.token_hex(32)).strip().encode()

@@ -18,15 +18,23 @@ customer's events never touch another's key.
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from cmek.audit import AuditTrail
+from cmek.clock import Clock
 from cmek.crypto.rows import RowAuthenticator
-from cmek.errors import CmekError, InvalidInput
+from cmek.db import count_in_window
+from cmek.errors import CmekError, InvalidInput, UnknownTenant
 from cmek.kms import KeyArn
+from cmek.lifecycle import Lifecycle, TenantKeyState
+from cmek.platform.access import Unauthorized
+from cmek.platform.control import ControlPlane
+
+log = logging.getLogger("cmek.platform")
 
 HEADER = "X-Cmek-Event-Secret"
 WINDOW = 60.0
@@ -112,17 +120,11 @@ class KeyEventGate:
     # --- budget and coalescing ------------------------------------------------------------
     def admit(self, tenant_id: str, now: float) -> bool:
         """Count an event; whether it is within the tenant's budget of audit entries."""
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        expired = pacing.c.window_start <= now - WINDOW
         with self.engine.begin() as conn:
-            conn.execute(insert(pacing).values(
-                tenant_id=tenant_id, window_start=now, events=1, checked_at=None, owed=0,
-            ).on_conflict_do_update(index_elements=[pacing.c.tenant_id], set_={
-                "events": sa.case((expired, 1), else_=pacing.c.events + 1),
-                "window_start": sa.case((expired, now), else_=pacing.c.window_start)}))
-            events = conn.execute(sa.select(pacing.c.events)
-                                  .where(pacing.c.tenant_id == tenant_id)).scalar_one()
-        return int(events) <= self.records_per_minute
+            events = count_in_window(conn, pacing.c.tenant_id, tenant_id, count=pacing.c.events,
+                                     start=pacing.c.window_start, now=now, window=WINDOW,
+                                     checked_at=None, owed=0)
+        return events <= self.records_per_minute
 
     def claim(self, tenant_id: str, now: float) -> bool:
         """True: the caller checks the key now. False: a check ran within the interval;
@@ -149,3 +151,67 @@ class KeyEventGate:
         with self.engine.connect() as conn:
             return [str(r[0]) for r in conn.execute(sa.select(pacing.c.tenant_id).where(
                 pacing.c.owed == 1, pacing.c.checked_at <= now - self.check_interval))]
+
+
+class KeyEvents:
+    """The platform's side: issuing a tenant's credential, receiving its events, and the
+    checks that coalesced or failed events left owed."""
+
+    def __init__(self, gate: KeyEventGate, control: ControlPlane, audit: AuditTrail,
+                 lifecycle: Lifecycle, clock: Clock) -> None:
+        self.gate = gate
+        self.control = control
+        self.audit = audit
+        self.lifecycle = lifecycle
+        self.clock = clock
+
+    def issue_credential(self, tenant_id: str) -> dict[str, str]:
+        """A new event secret for the tenant's endpoint (the old one stops working); shown
+        once, for the customer's EventBridge API destination."""
+        if self.control.tenant(tenant_id) is None:
+            raise UnknownTenant(f"unknown tenant {tenant_id[:64]!r}")
+        secret = self.gate.issue(tenant_id, self.clock.now())
+        self.audit.append(tenant_id, "event_credential_issued", {})
+        return {"url_path": f"/v1/tenants/{tenant_id}/key-events", "header": HEADER,
+                "secret": secret}
+
+    def receive(self, tenant_id: str, secret: str | None,
+                event: dict[str, Any]) -> dict[str, Any]:
+        """An EventBridge KMS event for this tenant: authentic (its own secret), about its
+        own key, within its budget; then at most one key check per interval. Duplicates
+        and reordering are harmless: each is a prompt to look at the key."""
+        row = self.control.tenant(tenant_id)
+        if row is None or not self.gate.authentic(tenant_id, secret):
+            raise Unauthorized(f"missing or wrong {HEADER}")
+        recorded = check_event(event, row["key_arn"])
+        now = self.clock.now()
+        if self.gate.admit(tenant_id, now):
+            self.audit.append(tenant_id, "key_event", recorded)
+        if not self.gate.claim(tenant_id, now):
+            return {"tenant_id": tenant_id, "check": "coalesced"}
+        state = self._check(tenant_id)
+        return {"tenant_id": tenant_id, "check": "done", "state": state.state.value}
+
+    def run_owed(self) -> int:
+        """The checks that coalesced (or failed) events left owed, once their interval
+        has passed."""
+        done = 0
+        now = self.clock.now()
+        for tenant_id in self.gate.owed(now):
+            if self.gate.claim(tenant_id, now):
+                try:
+                    self._check(tenant_id)
+                except CmekError as e:
+                    log.warning("the owed key check of %s failed (%s); owed again", tenant_id,
+                                e.code)
+                done += 1
+        return done
+
+    def _check(self, tenant_id: str) -> TenantKeyState:
+        """The check an event claimed; if it fails, it stays owed, so the key is looked at
+        again whether or not the sender retries."""
+        try:
+            return self.lifecycle.check(tenant_id, cause="event")
+        except Exception:
+            self.gate.owe(tenant_id)
+            raise

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg import sql
 
-from cmek.db import create_engine
+from cmek.db import create_engine, driver_url
 from cmek.files import private_dir
 from cmek.keyring import Keyring
+from cmek.stores.tenant import TenantStore
 
 metadata = sa.MetaData()
 
@@ -44,12 +47,15 @@ class TenantDatabases:
         self.keyring = keyring
         metadata.create_all(control)
 
+    def _folder(self, tenant_id: str) -> Path:
+        return self.data_dir / "tenants" / tenant_id
+
     def engine(self, tenant_id: str) -> sa.Engine:
         if not self.postgres:
-            folder = private_dir(self.data_dir / "tenants" / tenant_id)
+            folder = private_dir(self._folder(tenant_id))
             return create_engine(f"sqlite:///{folder / 'tenant.sqlite3'}")
         name, password = self._role(tenant_id)
-        url = sa.make_url(self.database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        url = sa.make_url(driver_url(self.database_url))
         url = url.set(username=name, password=password,
                       query={"options": f"-csearch_path={name}"})
         return sa.create_engine(url, pool_size=4, max_overflow=4)
@@ -97,7 +103,7 @@ class TenantDatabases:
     def drop(self, tenant_id: str) -> bool:
         """A destroyed tenant's database goes: its schema and role, or its folder."""
         if not self.postgres:
-            folder = self.data_dir / "tenants" / tenant_id
+            folder = self._folder(tenant_id)
             existed = folder.exists()
             shutil.rmtree(folder, ignore_errors=True)
             return existed
@@ -111,6 +117,43 @@ class TenantDatabases:
             _run(conn, sql.SQL("DROP ROLE IF EXISTS {}").format(role))
             conn.execute(tenant_dbs.delete().where(tenant_dbs.c.tenant_id == tenant_id))
         return True
+
+
+class OpenStores:
+    """Each tenant's store, opened at most once in this process: a lock closes that one
+    object and a restart reopens it, so no request holds a store the lock missed."""
+
+    def __init__(self, open_store: Callable[[str], TenantStore]) -> None:
+        self._open = open_store
+        self._stores: dict[str, TenantStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant_id: str) -> TenantStore:
+        with self._lock:
+            store = self._stores.get(tenant_id)
+            if store is None:
+                store = self._stores[tenant_id] = self._open(tenant_id)
+            return store
+
+    def close(self, tenant_id: str, *, forget: bool = False) -> None:
+        """Close the tenant's store if it is open; ``forget``: for good (destroyed)."""
+        with self._lock:
+            store = (self._stores.pop(tenant_id, None) if forget
+                     else self._stores.get(tenant_id))
+        if store is not None:
+            store.close()
+
+    def reopen(self, tenant_id: str) -> None:
+        with self._lock:
+            store = self._stores.get(tenant_id)
+        if store is not None:
+            store.reopen()
+
+    def close_all(self) -> None:
+        with self._lock:
+            stores = list(self._stores.values())
+        for store in stores:
+            store.close()
 
 
 def _driver(conn: sa.Connection) -> Any:

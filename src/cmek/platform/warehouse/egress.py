@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from cmek.platform.addresses import IPAddress, IPNetwork, parse_address
 from cmek.platform.warehouse.errors import EgressDenied, InvalidConnection, WarehouseUnreachable
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -79,13 +78,6 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def _address(text: str) -> IPAddress:
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 @dataclass(frozen=True)
 class EgressPolicy:
     """Public addresses, plus what the operator allows; minus what is always blocked."""
@@ -126,7 +118,7 @@ class EgressPolicy:
         found = self.resolve(host, port)
         if not found:
             raise WarehouseUnreachable("config.host does not resolve")
-        addresses = [_address(a) for a in dict.fromkeys(found)]
+        addresses = [parse_address(a) for a in dict.fromkeys(found)]
         if not all(self.allows(host, ip, port) for ip in addresses):
             raise EgressDenied(DENIED)
         return str(addresses[0])
@@ -142,6 +134,6 @@ def database_endpoints(url: str, resolve: Resolver = _getaddrinfo) -> list[tuple
     host = parts.hostname
     found = [] if host is None or host.startswith("/") else resolve(host, port)
     if host is None or host.startswith("/") or host == "localhost" or any(
-            _address(a).is_loopback for a in found):
+            parse_address(a).is_loopback for a in found):
         return [("127.0.0.0/8", port), ("::1/128", port)]
     return [(a, port) for a in found]

@@ -37,6 +37,7 @@ from psycopg import capabilities
 from psycopg.conninfo import make_conninfo
 
 from cmek.errors import InvalidInput
+from cmek.files import private_file
 from cmek.platform.warehouse.connections import Target
 from cmek.platform.warehouse.errors import (
     ConnectorError,
@@ -376,8 +377,7 @@ def _pg_tls(target: Target, folder: str) -> dict[str, str]:
     if target.sslmode.startswith("verify-"):
         if target.ca_pem:
             path = os.path.join(folder, "ca.pem")
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(target.ca_pem)
+            private_file(path, target.ca_pem)
             tls["sslrootcert"] = path
         else:
             tls["sslrootcert"] = "system"

@@ -1,6 +1,6 @@
 """Cookies and CSRF tokens of the web pages.
 
-- A tenant's web session is the platform's own session token (``Platform.login``), kept in
+- A tenant's web session is the platform's own session token (``Sessions.login``), kept in
   an HttpOnly, Secure, SameSite=Lax cookie named for the tenant; revoking the token (sign
   out, or the tenant's lock) ends the web session with it.
 - Forms of a signed-in page carry an HMAC of the session token as their CSRF token: only

@@ -17,21 +17,20 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from cmek.errors import CmekError, UnknownTenant
 from cmek.kms import KeyRevoked, KmsUnavailable
 from cmek.lifecycle import KeyState
-from cmek.platform.clients import of_request
-from cmek.platform.service import (
-    OBJECT_KINDS,
+from cmek.platform.access import (
     Caller,
     Forbidden,
     TenantKeyUnavailable,
     TooManyAttempts,
     Unauthorized,
-    object_title,
 )
+from cmek.platform.clients import of_request
+from cmek.platform.indexing import object_title
 from cmek.platform.web import console, security
 from cmek.platform.web.charts import result_bars
 from cmek.platform.web.pages import TENANT_ID, Pages, Text
 from cmek.stores.objects import ObjectNotFound
-from cmek.stores.tenant import NotFound, StoreClosed, TenantStore
+from cmek.stores.tenant import OBJECT_KINDS, NotFound, StoreClosed, TenantStore
 
 OBJECT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KIND_NAMES = {"liveboards": "Liveboards", "answers": "Answers", "tables": "Tables",
@@ -54,7 +53,7 @@ class TenantPages(Pages):
             reason = getattr(error, "reason", "unavailable")
             reason = getattr(reason, "value", reason)
         token = request.cookies.get(security.session_cookie(tenant))
-        role = self.platform.ended_session_role(token, tenant) if token else None
+        role = self.platform.sessions.ended_session_role(token, tenant) if token else None
         now = self.platform.clock.now()
         return self.render(
             "locked.html", 423, title="Service unavailable", tenant=tenant, state=state,
@@ -82,7 +81,7 @@ class TenantPages(Pages):
         if not TENANT_ID.fullmatch(tenant):
             return self.not_found()
         try:
-            caller = self.platform.authenticate(token, tenant)  # guards the tenant first
+            caller = self.platform.sessions.authenticate(token, tenant)  # guards the tenant first
         except UnknownTenant:
             return self.not_found()
         except UNAVAILABLE as e:
@@ -167,7 +166,7 @@ class TenantPages(Pages):
                 return self.signin(request, tenant, next_url, "The form expired; sign in again.",
                                    403)
             try:
-                token, expires = platform.login(tenant, email, password,
+                token, expires = platform.sessions.login(tenant, email, password,
                                                 client=of_request(request,
                                                                   platform.trusted_proxies))
             except UnknownTenant:
@@ -199,7 +198,7 @@ class TenantPages(Pages):
                 refused = self.check_form(request, caller, csrf)
                 if refused is not None:
                     return refused
-                platform.logout(caller)
+                platform.sessions.logout(caller)
                 response = self.redirect(f"/t/{tenant}/signin")
                 security.clear_cookie(response, security.session_cookie(tenant))
                 return response
@@ -283,7 +282,7 @@ class TenantPages(Pages):
         token = request.cookies.get(security.session_cookie(tenant))
         if token and status == 200:
             try:
-                self.platform.authenticate(token, tenant)
+                self.platform.sessions.authenticate(token, tenant)
                 return self.redirect(_local(next_url, tenant))
             except CmekError:
                 pass  # not (or no longer) signed in: the form
