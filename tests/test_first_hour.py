@@ -399,10 +399,21 @@ def test_durations_read_as_durations(kms: KmsLocal, tmp_path: Path) -> None:
     assert "e+" not in line
 
 
+def log_shows(process: PlatformProcess, *lines: str, since: int = 0) -> str:
+    """The process's output once it shows every one of ``lines``: a thread reads it from
+    the process's pipe, so a line the process wrote may arrive a moment later."""
+    def shown() -> str | None:
+        text = "".join(process.output[since:])
+        return text if all(line in text for line in lines) else None
+    return str(wait_until(shown))
+
+
 def test_serve_prints_a_start_up_summary(platform: PlatformProcess) -> None:
+    facts = ("data dir:", "control plane: sqlite:///", "object store: file://",
+             "kms: http://127.0.0.1", "operator api: open")
+    log_shows(platform, *facts)
     head = "".join(platform.output[:12])
-    for fact in ("data dir:", "control plane: sqlite:///", "object store: file://",
-                 "kms: http://127.0.0.1", "operator api: open"):
+    for fact in facts:
         assert fact in head, head
     assert "test-operator-token" not in "".join(platform.output)
 
@@ -435,9 +446,8 @@ def test_lock_and_restore_are_logged(platform: PlatformProcess, kms: KmsLocal) -
         client.enable_key(KeyId=arn)
         op.post(f"/v1/tenants/{name}/key/check")
         wait_until(lambda: op.get(f"/v1/tenants/{name}").json()["key"]["state"] == "active")
-    logged = "".join(platform.output[start:])
-    assert f"tenant {name}: key active -> locked" in logged, logged
-    assert f"tenant {name}: key restoring -> active" in logged, logged
+    log_shows(platform, f"tenant {name}: key active -> locked",
+              f"tenant {name}: key restoring -> active", since=start)
 
 
 def test_a_bad_json_body_says_what_to_fix(platform: PlatformProcess) -> None:
@@ -477,9 +487,8 @@ def test_healthz_and_every_5xx_are_logged_with_a_read_only_object_store(
             backup = c.post(f"/v1/tenants/{tenant}/backups")
             assert backup.status_code == 503
             assert backup.json()["error"] == "object_store_unavailable"
-        logged = "".join(server.output)
-        assert "health: the object store is failing" in logged
-        assert "answered 503 object_store_unavailable" in logged
+        logged = log_shows(server, "health: the object store is failing",
+                           "answered 503 object_store_unavailable")
         assert "Traceback" not in logged
     finally:
         server.stop()
